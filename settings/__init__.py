@@ -1,0 +1,1 @@
+"""inferline.settings."""

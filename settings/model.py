@@ -1,0 +1,106 @@
+"""The shape of inferline's settings: named engines, fallback chains, pipelines, server, logging.
+
+    engines:
+      local_llamacpp: {type: LLAMACPP, model: {model_name: smollm2-135m}}
+      openai: {type: OPENAI, model: {model_name: gpt-4o-mini},
+               remote_params: {api_key_env_varname: OPENAI_API_KEY}}
+    chains:
+      default: [local_vllm, local_llamacpp, openai]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inferline.core.configs import (
+    GenerationParams,
+    InferenceEngineType,
+    ModelParams,
+    RemoteParams,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EngineSettings(_Section):
+    """One named engine: its type and the parameters it is built with."""
+
+    type: InferenceEngineType
+    model: ModelParams = ModelParams()
+    generation: GenerationParams = GenerationParams()
+    remote_params: RemoteParams | None = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class CircuitBreakerSettings(_Section):
+    failure_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
+    cooldown_s: float = Field(default=30.0, ge=0)  # open this long, then one trial call
+
+
+FallbackOn = Literal["unavailable", "retryable", "fatal", "output_invalid"]
+
+
+class ChainSettings(_Section):
+    """Engines tried in order. Written as a plain list or as this mapping."""
+
+    engines: list[str] = Field(min_length=1)
+    fallback_on: list[FallbackOn] = ["unavailable", "retryable"]
+    max_attempts: int | None = Field(default=None, ge=1)  # total, across engines; None = one each
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: Any) -> Any:
+        return {"engines": value} if isinstance(value, list) else value
+
+
+class LogSettings(_Section):
+    level: str = "INFO"
+    format: Literal["console", "json"] = "console"
+    log_prompts: bool = False  # prompt and answer text in logs; off by default
+
+
+class PipelineSettings(_Section):
+    dirs: list[str] = []  # folders searched for pipeline YAML files by name
+    allowed_modules: list[str] = []  # module prefixes a `callable` post-processor may import from
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key_env_varnames: list[str] = []  # each names a variable holding one accepted bearer key
+    allow_unauthenticated_public: bool = False  # bind non-loopback without keys only if set
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)  # in-flight requests; beyond: 429 + Retry-After
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
+
+class InferlineSettings(_Section):
+    """The resolved settings of one deployment (profile)."""
+
+    env: str = "dev"
+    data_dir: str | None = None  # where packaged models are unpacked; default ~/.cache/inferline
+    log: LogSettings = LogSettings()
+    engines: dict[str, EngineSettings] = {}
+    chains: dict[str, ChainSettings] = {}
+    pipelines: PipelineSettings = PipelineSettings()
+    server: ServerSettings = ServerSettings()
+
+    @model_validator(mode="after")
+    def _chains_name_engines(self) -> InferlineSettings:
+        for chain_name, chain in self.chains.items():
+            for engine in chain.engines:
+                if engine not in self.engines:
+                    raise ValueError(f"chain {chain_name!r} names unknown engine {engine!r}")
+            if len(set(chain.engines)) != len(chain.engines):
+                raise ValueError(f"chain {chain_name!r} lists an engine twice")
+        return self
