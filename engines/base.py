@@ -106,7 +106,9 @@ class BaseInferenceEngine(ABC):
         """The engine's defaults, overridden by the fields ``config`` sets explicitly."""
         if config is None:
             return self.generation_params
-        overrides = config.generation.model_dump(exclude_unset=True)
+        # attributes, not model_dump(): model_copy does not re-validate, so nested
+        # models (guided_decoding) must stay models
+        overrides = {k: getattr(config.generation, k) for k in config.generation.model_fields_set}
         params = self.generation_params.model_copy(update=overrides) if overrides else self.generation_params
         self._check_params(params)
         return params

@@ -77,6 +77,20 @@ def _conversation_key(obj: dict[str, Any]) -> int:
     return obj["metadata"][ROW_KEY]
 
 
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, done: int) -> Any:
+    """A tqdm bar on stderr when it is a terminal; otherwise one that draws nothing."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="row", desc="inferring", dynamic_ncols=True)
+
+
 async def ainfer_files(engine: BaseInferenceEngine, conversations: Sequence[Conversation] | None,
                        config: InferenceConfig | None) -> list[Conversation]:
     """Run ``engine`` over ``config.input_path`` (or ``conversations``), appending to
@@ -96,14 +110,17 @@ async def ainfer_files(engine: BaseInferenceEngine, conversations: Sequence[Conv
         todo = [i for i in range(len(conversations)) if i not in out.done]
         tagged = [conversations[i].model_copy(
             update={"metadata": {**conversations[i].metadata, ROW_KEY: i}}) for i in todo]
+        bar = _progress(len(conversations), len(conversations) - len(todo))
         async for result in engine.aiter_results(tagged, config):
             row = todo[result.index]
+            bar.update(1)
             if result.error is not None:
                 print(f"row {row}: {result.error}", file=sys.stderr)
                 first_error = first_error or result.error
                 continue
             assert result.conversation is not None
             out.write(row, result.conversation.to_json())
+        bar.close()
     if first_error is not None:
         raise first_error
     return sorted(iter_jsonl(config.output_path), key=lambda c: c.metadata[ROW_KEY])

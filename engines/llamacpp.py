@@ -1,0 +1,244 @@
+"""llama.cpp (llama-cpp-python) on GGUF files: the CPU and quantized-model engine.
+
+The chat template comes from the GGUF (or ``ModelParams.chat_template``). A
+llama.cpp model is not thread-safe, so calls are serialized with a lock and run
+off the event loop.
+
+    engine = LlamaCppInferenceEngine(ModelParams(
+        model_name="smollm2-135m",  # or a .gguf path
+        model_kwargs={"n_gpu_layers": 0, "n_ctx": 2048, "n_batch": 512, "low_vram": True}))
+    engine.infer([Conversation.from_prompt("What is the capital of France?")])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import Field
+
+from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams
+from inferline.core.types import Conversation
+from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk, Usage
+from inferline.engines.local import Options, chat_messages, check_model_fits, parse_options
+from inferline.engines.models import resolve_model
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    FatalEngineError,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+log = structlog.get_logger(__name__)
+
+
+class LlamaCppOptions(Options):
+    """``model_kwargs`` for llama.cpp, passed to ``llama_cpp.Llama``.
+
+    ``n_ctx`` defaults to ``ModelParams.model_max_length`` or 2048; threads to
+    every core this process may use. ``low_vram`` (the seed's key) keeps the KV
+    cache in system RAM (llama.cpp's ``offload_kqv=False``) unless that is set.
+    """
+
+    n_gpu_layers: int = 0
+    n_ctx: int | None = Field(default=None, ge=0)
+    n_batch: int = Field(default=512, gt=0)
+    n_ubatch: int | None = Field(default=None, gt=0)
+    n_threads: int | None = Field(default=None, gt=0)
+    n_threads_batch: int | None = Field(default=None, gt=0)
+    low_vram: bool = False
+    offload_kqv: bool | None = None
+    flash_attn: bool = False
+    use_mmap: bool = True
+    use_mlock: bool = False
+    main_gpu: int = 0
+    split_mode: int = 1
+    tensor_split: list[float] | None = None
+    rope_freq_base: float = 0.0
+    rope_freq_scale: float = 0.0
+    type_k: int | None = None
+    type_v: int | None = None
+    verbose: bool = False
+
+    def llama_kwargs(self, default_ctx: int) -> dict[str, Any]:
+        kwargs = self.model_dump(exclude={"low_vram"}, exclude_none=True)
+        threads = self.n_threads or len(os.sched_getaffinity(0))
+        kwargs.update(n_ctx=self.n_ctx if self.n_ctx is not None else default_ctx,
+                      n_threads=threads, n_threads_batch=self.n_threads_batch or threads,
+                      offload_kqv=self.offload_kqv if self.offload_kqv is not None
+                      else not self.low_vram)
+        return kwargs
+
+
+class LlamaCppInferenceEngine(BaseInferenceEngine):
+    """Runs a GGUF model in-process with llama-cpp-python; streams; one call at a time."""
+
+    engine_type = InferenceEngineType.LLAMACPP
+    supported_params = frozenset({
+        "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
+        "presence_penalty", "stop_strings", "seed", "logit_bias", "batch_size"})
+    is_local = True
+    can_stream = True
+
+    def __init__(self, model_params: ModelParams, *,
+                 generation_params: GenerationParams | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(model_params, generation_params=generation_params, name=name)
+        self.options = parse_options(LlamaCppOptions, model_params.model_kwargs, engine=self.name)
+        self._llm: Llama | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
+        self._lock = threading.Lock()  # llama.cpp contexts are not thread-safe
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def preflight(self) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise EngineUnavailableError("llama-cpp-python is not installed: "
+                                         "pip install 'inferline[llamacpp]'", engine=self.name)
+        # With layers offloaded the weights live on a GPU llama.cpp picks; check RAM only on CPU.
+        on_cpu = self.options.n_gpu_layers == 0
+        check_model_fits(self.model_params.model_name, "gguf", device="cpu" if on_cpu else None,
+                         engine=self.name)
+
+    def _load(self) -> None:
+        path = resolve_model(self.model_params.model_name, "gguf", engine=self.name)
+        import llama_cpp
+
+        kwargs = self.options.llama_kwargs(self.model_params.model_max_length or 2048)
+        try:
+            llm = llama_cpp.Llama(model_path=path, **kwargs)
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            raise EngineUnavailableError(f"cannot load {path}: {exc}", engine=self.name) from exc
+        self._formatter = self._chat_formatter(llm)
+        llm.chat_handler = self._formatter.to_chat_handler()
+        self._llm = llm
+        log.info("engine_loaded", engine=self.name, model=path, n_ctx=kwargs["n_ctx"],
+                 n_threads=kwargs["n_threads"])
+
+    def _chat_formatter(self, llm: Llama) -> Jinja2ChatFormatter:
+        """The model's own chat template (as llama-cpp-python builds it), or ours if given."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.model_params.chat_template or llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ConfigurationError("the GGUF has no chat template; set one",
+                                     key="model.chat_template")
+        eos, bos = llm.token_eos(), llm.token_bos()
+        text = lambda tok: llm.detokenize([tok], special=True).decode() if tok != -1 else ""  # noqa: E731
+        return Jinja2ChatFormatter(template=template, eos_token=text(eos), bos_token=text(bos),
+                                   stop_token_ids=[eos])
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+            self._llm, self._formatter, self._loaded = None, None, False
+
+    # -- inference --------------------------------------------------------------
+
+    def _sampling(self, params: GenerationParams) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(
+            max_tokens=params.max_new_tokens, temperature=params.temperature,
+            top_p=params.top_p, top_k=params.top_k or 0, min_p=params.min_p, typical_p=1.0,
+            repeat_penalty=1.0, frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty, stop=list(params.stop_strings or []),
+            seed=params.seed)
+        if params.logit_bias:
+            kwargs["logit_bias"] = _token_bias(params.logit_bias)
+        return kwargs
+
+    async def _agenerate(self, conversations: Sequence[Conversation],
+                         params: GenerationParams) -> list[Completion]:
+        batch = [chat_messages(c, engine=self.name) for c in conversations]
+        return await asyncio.to_thread(self._generate_all, batch, self._sampling(params))
+
+    def _generate_all(self, batch: list[list[dict[str, str]]],
+                      kwargs: dict[str, Any]) -> list[Completion]:
+        with self._lock:
+            return [self._complete(messages, kwargs) for messages in batch]
+
+    def _complete(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> Completion:
+        out = self._call(lambda: self._ready().create_chat_completion(messages, **kwargs))
+        choice, usage = out["choices"][0], out["usage"]
+        return Completion(choice["message"]["content"] or "", choice["finish_reason"],
+                          Usage(usage["prompt_tokens"], usage["completion_tokens"]))
+
+    def _ready(self) -> Llama:
+        if self._llm is None:
+            raise EngineUnavailableError("engine was closed", engine=self.name)
+        return self._llm
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ValueError as exc:  # e.g. "Requested tokens (N) exceed context window of M"
+            raise FatalEngineError(str(exc), engine=self.name) from exc
+        except MemoryError as exc:
+            raise EngineUnavailableError("out of memory", engine=self.name) from exc
+
+    async def _astream(self, conversation: Conversation,
+                       params: GenerationParams) -> AsyncIterator[StreamChunk]:
+        messages = chat_messages(conversation, engine=self.name)
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        cancel = threading.Event()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+        worker = asyncio.ensure_future(asyncio.to_thread(
+            self._stream_worker, messages, self._sampling(params), put, cancel))
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            await worker
+
+    def _stream_worker(self, messages: list[dict[str, str]], kwargs: dict[str, Any],
+                       put: Callable[[Any], Any], cancel: threading.Event) -> None:
+        try:
+            with self._lock:
+                self._call(lambda: self._stream_locked(messages, kwargs, put, cancel))
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
+            put(exc)
+        finally:
+            put(None)
+
+    def _stream_locked(self, messages: list[dict[str, str]], kwargs: dict[str, Any],
+                       put: Callable[[Any], Any], cancel: threading.Event) -> None:
+        llm = self._ready()
+        prompt_tokens = self._prompt_tokens(llm, messages)
+        chunks = llm.create_chat_completion(messages, stream=True, **kwargs)
+        finish = None
+        for chunk in chunks:
+            if cancel.is_set():
+                chunks.close()
+                return
+            choice = chunk["choices"][0]
+            finish = choice["finish_reason"] or finish
+            if text := choice["delta"].get("content"):
+                put(StreamChunk(text))
+        # The last sampled token is never evaluated, and an end-of-text token isn't counted.
+        done = llm.n_tokens - prompt_tokens + (1 if finish == "length" else 0)
+        put(StreamChunk("", finish, Usage(prompt_tokens, done)))
+
+    def _prompt_tokens(self, llm: Llama, messages: list[dict[str, str]]) -> int:
+        """Tokens in the prompt, counted exactly as the chat handler builds it."""
+        result = self._formatter(messages=messages)  # type: ignore[misc]
+        return len(llm.tokenize(result.prompt.encode(), add_bos=not result.added_special,
+                                special=True))
+
+
+def _token_bias(bias: dict[str, float]) -> dict[int, float]:
+    try:
+        return {int(token): value for token, value in bias.items()}
+    except ValueError:
+        raise ConfigurationError("llama.cpp takes logit_bias keyed by token id",
+                                 key="generation.logit_bias") from None

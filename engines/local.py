@@ -1,0 +1,122 @@
+"""Pieces the local engines (llama.cpp, native, vLLM) share.
+
+    options = parse_options(LlamaCppOptions, model_params.model_kwargs, engine="llamacpp")
+    messages = chat_messages(conversation, engine="llamacpp")
+    cut = StopStrings(["\\n\\n"]); cut.feed("Hello\\n") ... cut.flush()
+    check_model_fits("smollm2-135m", "gguf", engine="llamacpp")  # or EngineUnavailableError
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from inferline.core.types import Conversation
+from inferline.engines.hardware import check_fits, estimate_memory, params_from_hf_dir
+from inferline.engines.models import hf_dtype, looks_like_path, packaged
+from inferline.errors import ConfigurationError, EngineUnavailableError, FatalEngineError
+
+O = TypeVar("O", bound=BaseModel)
+
+
+class Options(BaseModel):
+    """Base of the engines' typed ``model_kwargs``: a misspelt key is an error."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def parse_options(cls: type[O], kwargs: dict[str, Any], *, engine: str) -> O:
+    """``kwargs`` validated against ``cls``; errors name the key and the closest known one."""
+    try:
+        return cls.model_validate(kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        hint = None
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(cls.model_fields), n=1)
+            hint = close[0] if close else None
+            message = f"unknown model_kwargs key for {engine}; known: {', '.join(cls.model_fields)}"
+        else:
+            message = f"{err['msg']} (got {err.get('input')!r})"
+        raise ConfigurationError(message, key=f"model.model_kwargs.{key}", hint=hint) from None
+
+
+def chat_messages(conversation: Conversation, *, engine: str) -> list[dict[str, str]]:
+    """OpenAI-style ``[{"role", "content"}]`` for a text-only conversation."""
+    out = []
+    for message in conversation.messages:
+        if message.has_images:
+            raise FatalEngineError("this engine takes text only; the conversation has images",
+                                   engine=engine)
+        out.append({"role": message.role.value, "content": message.text})
+    return out
+
+
+def cut_at_stop(text: str, stops: Iterable[str] | None) -> tuple[str, bool]:
+    """``text`` up to the first stop string (excluded), and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops or ()) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+class StopStrings:
+    """Streams text while holding back what could be the start of a stop string.
+
+    ``feed`` returns the text safe to emit now; ``stopped`` turns True once a stop
+    string appears (nothing after it is ever emitted); ``flush`` returns the rest.
+    """
+
+    def __init__(self, stops: Iterable[str] | None) -> None:
+        self.stops = [s for s in stops or () if s]
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._buffer = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self._buffer += text
+        head, self.stopped = cut_at_stop(self._buffer, self.stops)
+        if self.stopped:
+            self._buffer = ""
+            return head
+        cut = len(self._buffer) - self._hold
+        out, self._buffer = self._buffer[:max(cut, 0)], self._buffer[max(cut, 0):]
+        return out
+
+    def flush(self) -> str:
+        out, self._buffer = self._buffer, ""
+        return "" if self.stopped else out
+
+
+def check_model_fits(model_name: str | None, fmt: str, *, precision: str | None = None,
+                     device: str | None = "cpu", engine: str = "") -> None:
+    """Refuse (``EngineUnavailableError``) a missing local model or one that cannot fit.
+
+    Cheap: reads sizes, never weights. A hub id's size is unknown until download.
+    ``device=None`` checks only that a local model exists.
+    """
+    if not model_name:
+        raise ConfigurationError("no model given", key="model.model_name")
+    need = _model_bytes(model_name, fmt, None if precision == "auto" else precision, engine)
+    if need is not None and device is not None:
+        check_fits(need, device=device, what=f"model {model_name!r}", engine=engine)
+
+
+def _model_bytes(name: str, fmt: str, precision: str | None, engine: str) -> int | None:
+    path = Path(name).expanduser()
+    if not path.exists() and (spec := packaged(name)) is not None:
+        default = spec.quantization if fmt == "gguf" else hf_dtype()
+        return estimate_memory(spec.params_b, precision or default)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        info = params_from_hf_dir(path)
+        return estimate_memory(info[0], precision or info[1]) if info else None
+    if looks_like_path(name):
+        raise EngineUnavailableError(f"model file not found: {name}", engine=engine)
+    return None

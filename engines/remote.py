@@ -1,0 +1,361 @@
+"""The machinery every HTTP engine shares, written once.
+
+A protocol subclass (OpenAI chat completions, Anthropic messages) supplies the
+request body, the response parser and the stream-event parser; this base runs
+them: one pooled aiohttp session per engine and event loop, ``num_workers``
+requests in flight, optional request/token rate limits and a politeness pause,
+retries with exponential back-off and jitter that honour ``Retry-After``, a
+whole-request timeout (``connection_timeout``) separate from the TCP connect
+timeout (``connect_timeout``), and HTTP failures mapped onto the error tree::
+
+    429 408 409 5xx, timeouts, refused/reset connections,
+    a malformed or truncated body in a 200 reply       -> RetryableEngineError
+    400 401 403 404 422 (other 4xx)                    -> FatalEngineError
+    API key variable unset                             -> EngineUnavailableError
+
+Retryable errors are retried here ``max_retries`` times, then raised, so a
+fallback chain moves on. A body that is not JSON counts as transient: it is
+most often a proxy or load balancer cutting a reply short.
+
+    engine = RemoteInferenceEngine(ModelParams(model_name="m"),
+                                   remote_params=RemoteParams(api_url=url, num_workers=64))
+    async for row in engine.aiter_results(conversations): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+import structlog
+
+from inferline.core.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
+from inferline.core.types import Conversation
+from inferline.engines._http import (
+    LoopState,
+    LoopStates,
+    body_error,
+    malformed,
+    status_error,
+    transport_error,
+)
+from inferline.engines._pacing import backoff_delay
+from inferline.engines._sse import iter_sse
+from inferline.engines.base import BaseInferenceEngine, Completion, RowResult, StreamChunk, Usage
+from inferline.errors import (
+    ConfigurationError,
+    EngineError,
+    EngineUnavailableError,
+    RetryableEngineError,
+)
+
+log = structlog.get_logger(__name__)
+
+Body = dict[str, Any]
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+class StreamEnd(Exception):
+    """Raised by a protocol's ``_stream_event`` at the stream's end marker."""
+
+
+class BaseRemoteEngine(BaseInferenceEngine):
+    """Base of the HTTP engines; subclasses implement the protocol hooks below."""
+
+    is_local = False
+    can_stream = True
+    supports_images = True
+    #: used when ``remote_params.api_url`` / ``api_key_env_varname`` are not set
+    default_api_url: ClassVar[str | None] = None
+    default_api_key_env: ClassVar[str | None] = None
+
+    def __init__(self, model_params: ModelParams, *,
+                 generation_params: GenerationParams | None = None,
+                 remote_params: RemoteParams | None = None, name: str | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        super().__init__(model_params, generation_params=generation_params, name=name)
+        self.remote_params = self._with_defaults(remote_params or RemoteParams())
+        if not self.remote_params.api_url:
+            raise ConfigurationError(f"{type(self).__name__} needs an API URL",
+                                     key="remote_params.api_url")
+        self.api_url = self._endpoint(self.remote_params.api_url)
+        self._states = LoopStates(self.remote_params, session)
+        self._timeout = aiohttp.ClientTimeout(total=self.remote_params.connection_timeout,
+                                              sock_connect=self.remote_params.connect_timeout)
+        self._key: str | None = None
+        self._key_headers: dict[str, str] = {}
+
+    def _with_defaults(self, params: RemoteParams) -> RemoteParams:
+        update: dict[str, Any] = {}
+        if params.api_url is None and self.default_api_url:
+            update["api_url"] = self.default_api_url
+        if "api_key_env_varname" not in params.model_fields_set and self.default_api_key_env:
+            update["api_key_env_varname"] = self.default_api_key_env
+        return params.model_copy(update=update) if update else params
+
+    # -- protocol hooks -----------------------------------------------------------
+
+    @classmethod
+    def _endpoint(cls, api_url: str) -> str:
+        """The URL requests go to, from the configured ``api_url``."""
+        return api_url
+
+    def _base_headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json"}
+
+    def _auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def _request_base(self, params: GenerationParams, *, stream: bool) -> Body:
+        """The body fields shared by every conversation of one call (model, sampling)."""
+        raise NotImplementedError
+
+    def _body(self, conversation: Conversation, base: Body) -> Body:
+        raise NotImplementedError
+
+    def _completion(self, body: Any) -> Completion:
+        """Parse a 200 reply; raise ``KeyError``/``TypeError``/``IndexError`` on a bad shape."""
+        raise NotImplementedError
+
+    def _stream_event(self, event: str, data: str) -> StreamChunk | None:
+        """One SSE event -> a chunk, or None to skip it; ``StreamEnd`` at the end marker.
+
+        Raises an ``EngineError`` for an error event.
+        """
+        raise NotImplementedError
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def preflight(self) -> None:
+        self._api_key()
+
+    def _api_key(self) -> str | None:
+        """The key, read now from the named variable; unset -> ``EngineUnavailableError``."""
+        var = self.remote_params.api_key_env_varname
+        if not var:
+            return None
+        key = os.environ.get(var)
+        if not key:
+            raise EngineUnavailableError(f"API key variable {var} is not set", engine=self.name)
+        return key
+
+    async def _headers(self) -> dict[str, str]:
+        key = self._api_key()
+        if key != self._key or not self._key_headers:
+            self._key = key
+            self._key_headers = {**self._base_headers(), **(self._auth_headers(key) if key else {})}
+        return self._key_headers
+
+    async def aclose(self) -> None:
+        """Close the sessions this engine opened (on every loop it ran on)."""
+        await self._states.aclose()
+
+    # -- one request --------------------------------------------------------------
+
+    async def _complete(self, conversation: Conversation, base: Body, state: LoopState) -> Completion:
+        """POST one conversation, retrying transient failures; the parsed completion."""
+        data = json.dumps(self._body(conversation, base)).encode()
+        estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
+        attempt = 0
+        while True:
+            try:
+                async with state.slots:
+                    done = await self._polite(self._post(data, state, estimate))
+                state.limiter.settle(estimate, done.usage.prompt_tokens + done.usage.completion_tokens)
+                return done
+            except RetryableEngineError as exc:
+                attempt += 1
+                await self._before_retry(exc, attempt)
+
+    async def _before_retry(self, exc: RetryableEngineError, attempt: int) -> None:
+        """Sleep before retry ``attempt``, or re-raise once retries are spent."""
+        params = self.remote_params
+        if attempt > params.max_retries:
+            log.warning("remote_request_failed", engine=self.name, attempts=attempt,
+                        status=exc.status, error=exc.message)
+            raise exc
+        delay = backoff_delay(attempt, base=params.retry_backoff_base,
+                              cap=params.retry_backoff_max, retry_after=exc.retry_after)
+        log.info("remote_retry", engine=self.name, attempt=attempt, status=exc.status,
+                 delay_s=round(delay, 3), error=exc.message)
+        await asyncio.sleep(delay)
+
+    async def _polite(self, request: Awaitable[Completion]) -> Completion:
+        """Await ``request``; then, failed or not, the worker rests ``politeness_policy`` s."""
+        pause = self.remote_params.politeness_policy
+        if not pause:
+            return await request
+        try:
+            done = await request
+        except EngineError:
+            await asyncio.sleep(pause)
+            raise
+        await asyncio.sleep(pause)
+        return done
+
+    async def _post(self, data: bytes, state: LoopState, estimate: int) -> Completion:
+        if state.limiter.active:
+            await state.limiter.acquire(estimate)
+        headers = await self._headers()
+        try:
+            async with state.session.post(self.api_url, data=data, headers=headers,
+                                          timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise await self._status_error(resp)
+                raw = await resp.read()
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
+        return self._parse(raw)
+
+    def _parse(self, raw: bytes) -> Completion:
+        try:
+            return self._completion(json.loads(raw))
+        except _PARSE_ERRORS as exc:
+            raise malformed("a 200 reply", raw, exc, engine=self.name) from exc
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> EngineError:
+        return status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"),
+                            engine=self.name, scrub=self._scrub)
+
+    def _transport_error(self, exc: BaseException) -> RetryableEngineError:
+        return transport_error(exc, engine=self.name, scrub=self._scrub,
+                               timeout_s=self.remote_params.connection_timeout)
+
+    def _event_error(self, err: Any) -> EngineError:
+        """An error object inside a 200 reply or stream (see ``_http.body_error``)."""
+        return body_error(err, engine=self.name, scrub=self._scrub)
+
+    def _scrub(self, text: str) -> str:
+        """Never echo a key back, even if a server put it in an error message."""
+        return text.replace(self._key, "***") if self._key else text
+
+    @staticmethod
+    def _estimate_tokens(conversation: Conversation, base: Body) -> int:
+        chars = sum(len(m.text) for m in conversation.messages)
+        return chars // 4 + int(base.get("max_tokens") or base.get("max_completion_tokens") or 0)
+
+    # -- many requests --------------------------------------------------------------
+
+    async def _iter_completions(self, conversations: Sequence[Conversation],
+                                params: GenerationParams,
+                                ) -> AsyncIterator[tuple[int, Completion | EngineError]]:
+        """``(index, completion or error)`` as requests finish; ``num_workers`` in flight.
+
+        Workers pull indices from one shared iterator and hand results through a
+        small queue, so memory stays flat however many conversations are queued.
+        """
+        base, state = self._request_base(params, stream=False), self._states.get()
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(self.remote_params.num_workers)
+        indices = iter(range(len(conversations)))
+
+        async def worker() -> None:
+            for i in indices:
+                try:
+                    item: Any = await self._complete(conversations[i], base, state)
+                except Exception as exc:  # noqa: BLE001 - engine errors are row results;
+                    item = exc  # anything else is re-raised to the caller below
+                await queue.put((i, item))
+
+        tasks = [asyncio.create_task(worker())
+                 for _ in range(min(self.remote_params.num_workers, len(conversations)))]
+        try:
+            for _ in range(len(conversations)):
+                i, item = await queue.get()
+                if isinstance(item, Exception) and not isinstance(item, EngineError):
+                    raise item
+                yield i, item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aiter_results(self, conversations: Sequence[Conversation],
+                            inference_config: InferenceConfig | None = None,
+                            ) -> AsyncIterator[RowResult]:
+        """One ``RowResult`` per conversation as its request completes (not in order)."""
+        params = self._generation(inference_config)
+        await self._aensure_loaded()
+        async for i, item in self._iter_completions(conversations, params):
+            if isinstance(item, EngineError):
+                yield RowResult(i, error=item)
+            else:
+                yield RowResult(i, self._output(conversations[i], item))
+
+    async def _agenerate(self, conversations: Sequence[Conversation],
+                         params: GenerationParams) -> list[Completion]:
+        out: list[Any] = [None] * len(conversations)
+        async for i, item in self._iter_completions(conversations, params):
+            if isinstance(item, EngineError):
+                raise item
+            out[i] = item
+        return out
+
+    # -- streaming -------------------------------------------------------------------
+
+    async def _astream(self, conversation: Conversation,
+                       params: GenerationParams) -> AsyncIterator[StreamChunk]:
+        """Text as it arrives, then one last chunk with finish_reason and usage.
+
+        Failures before the first chunk are retried like plain requests; after
+        that the error is raised (the caller already holds part of the answer).
+        """
+        state = self._states.get()
+        data = json.dumps(self._body(conversation, self._request_base(params, stream=True))).encode()
+        attempt, sent = 0, False
+        while True:
+            try:
+                async with state.slots:
+                    async for chunk in self._stream_once(data, state):
+                        sent = True
+                        yield chunk
+                return
+            except RetryableEngineError as exc:
+                if sent:
+                    raise
+                attempt += 1
+                await self._before_retry(exc, attempt)
+
+    async def _stream_once(self, data: bytes, state: LoopState) -> AsyncIterator[StreamChunk]:
+        headers = await self._headers()
+        final = StreamChunk()
+        try:
+            async with state.session.post(self.api_url, data=data, headers=headers,
+                                          timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise await self._status_error(resp)
+                async for event, payload in iter_sse(resp.content):
+                    chunk = self._parse_event(event, payload)
+                    if chunk is None:
+                        break
+                    _merge_final(final, chunk)
+                    if chunk.text:
+                        yield StreamChunk(chunk.text)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
+        if final.finish_reason is None:
+            raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
+        yield final
+
+    def _parse_event(self, event: str, data: str) -> StreamChunk | None:
+        """The event as a chunk (empty when it carries nothing); None at the end of stream."""
+        try:
+            return self._stream_event(event, data) or StreamChunk()
+        except StreamEnd:
+            return None
+        except _PARSE_ERRORS as exc:
+            raise malformed("a stream event", data, exc, engine=self.name) from exc
+
+
+def _merge_final(final: StreamChunk, chunk: StreamChunk) -> None:
+    """Fold a chunk's finish_reason and usage into the stream's last chunk."""
+    if chunk.finish_reason:
+        final.finish_reason = chunk.finish_reason
+    if chunk.usage is not None:
+        usage = final.usage or Usage()
+        usage.prompt_tokens = chunk.usage.prompt_tokens or usage.prompt_tokens
+        usage.completion_tokens = chunk.usage.completion_tokens or usage.completion_tokens
+        final.usage = usage
