@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
+import contextlib
 import email.utils
 import json
 import time
@@ -52,6 +55,7 @@ class LoopStates:
         self._params, self._session = params, session
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary())
+        _LIVE.add(self)
 
     def get(self) -> LoopState:
         loop = asyncio.get_running_loop()
@@ -81,6 +85,25 @@ class LoopStates:
             elif loop.is_running():
                 await asyncio.wrap_future(
                     asyncio.run_coroutine_threadsafe(state.session.close(), loop))
+
+
+    def close_from_outside(self) -> None:
+        """Close sessions whose loop runs in another thread (the sync API's portal)."""
+        for loop, state in list(self._states.items()):
+            if state.owned and not state.session.closed and loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(state.session.close(), loop)
+                with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+                    future.result(timeout=2)
+
+
+_LIVE: weakref.WeakSet[LoopStates] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A script that calls ``engine.infer`` and exits leaves no unclosed session behind."""
+    for states in list(_LIVE):
+        states.close_from_outside()
 
 
 def status_error(status: int, body: bytes, retry_after_header: str | None, *,

@@ -13,7 +13,7 @@ ending in ``/v1``, or a bare host.
 from __future__ import annotations
 
 import base64
-import json
+import orjson
 from typing import Any
 
 from inferline.core.configs import GenerationParams, InferenceEngineType
@@ -45,7 +45,7 @@ class AnthropicInferenceEngine(BaseRemoteEngine):
         return url + ("/messages" if url.endswith("/v1") else "/v1/messages")
 
     def _base_headers(self) -> dict[str, str]:
-        return {"Content-Type": "application/json", "anthropic-version": API_VERSION}
+        return {"anthropic-version": API_VERSION}
 
     def _auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
@@ -75,7 +75,7 @@ class AnthropicInferenceEngine(BaseRemoteEngine):
         return Completion(text, _finish(body.get("stop_reason")), _usage(body["usage"]))
 
     def _stream_event(self, event: str, data: str) -> StreamChunk | None:
-        obj = json.loads(data)
+        obj = orjson.loads(data)
         kind = obj.get("type", event)
         if kind == "content_block_delta":
             return StreamChunk(obj["delta"].get("text") or "")

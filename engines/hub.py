@@ -33,7 +33,7 @@ def resolve_hub(repo_id: str, fmt: str = "hf", *, engine: str = "") -> str:
         raise EngineUnavailableError(f"model {repo_id!r} is a hub id and huggingface_hub is not "
                                      "installed: pip install 'inferline[hf]'", engine=engine) from exc
     patterns = ["*.gguf"] if fmt == "gguf" else _HF_PATTERNS
-    if _offline():
+    if _offline(huggingface_hub):
         snapshot = _cached(huggingface_hub, repo_id, patterns, engine)
     else:
         _probe(huggingface_hub, repo_id, engine)
@@ -41,9 +41,10 @@ def resolve_hub(repo_id: str, fmt: str = "hf", *, engine: str = "") -> str:
     return _pick(Path(snapshot), fmt, repo_id, engine)
 
 
-def _offline() -> bool:
-    # Read at call time: huggingface_hub reads its constant once, at import.
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+def _offline(hub: Any) -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; the env may have changed since.
+    env = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return env or bool(hub.constants.HF_HUB_OFFLINE)
 
 
 def _cached(hub: Any, repo_id: str, patterns: list[str], engine: str) -> str:
@@ -62,7 +63,8 @@ def _probe(hub: Any, repo_id: str, engine: str) -> None:
 
     def ask() -> None:
         try:
-            hub.HfApi().model_info(repo_id, timeout=PROBE_TIMEOUT_S)
+            endpoint = os.environ.get("HF_ENDPOINT")  # read now, not at hub import
+            hub.HfApi(endpoint=endpoint).model_info(repo_id, timeout=PROBE_TIMEOUT_S)
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread
             outcome.append(exc)

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import json
+import orjson
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -84,7 +84,7 @@ class RemoteInferenceEngine(BaseRemoteEngine):
     def _stream_event(self, event: str, data: str) -> StreamChunk | None:
         if data == "[DONE]":
             raise StreamEnd
-        obj = json.loads(data)
+        obj = orjson.loads(data)
         if "error" in obj:
             raise self._event_error(obj["error"])
         choices = obj.get("choices") or [{}]

@@ -25,12 +25,12 @@ most often a proxy or load balancer cutting a reply short.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
+import orjson
 import structlog
 
 from inferline.core.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
@@ -72,6 +72,8 @@ class BaseRemoteEngine(BaseInferenceEngine):
     #: used when ``remote_params.api_url`` / ``api_key_env_varname`` are not set
     default_api_url: ClassVar[str | None] = None
     default_api_key_env: ClassVar[str | None] = None
+    #: whether ``_refresh_auth`` must run before each request (expiring tokens)
+    refreshes_auth: ClassVar[bool] = False
 
     def __init__(self, model_params: ModelParams, *,
                  generation_params: GenerationParams | None = None,
@@ -87,7 +89,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
         self._timeout = aiohttp.ClientTimeout(total=self.remote_params.connection_timeout,
                                               sock_connect=self.remote_params.connect_timeout)
         self._key: str | None = None
-        self._key_headers: dict[str, str] = {}
+        self._key_headers: dict[str, str] | None = None
 
     def _with_defaults(self, params: RemoteParams) -> RemoteParams:
         update: dict[str, Any] = {}
@@ -105,7 +107,8 @@ class BaseRemoteEngine(BaseInferenceEngine):
         return api_url
 
     def _base_headers(self) -> dict[str, str]:
-        return {"Content-Type": "application/json"}
+        """Headers every request carries (Content-Type travels with the body)."""
+        return {}
 
     def _auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
@@ -143,12 +146,16 @@ class BaseRemoteEngine(BaseInferenceEngine):
             raise EngineUnavailableError(f"API key variable {var} is not set", engine=self.name)
         return key
 
-    async def _headers(self) -> dict[str, str]:
+    async def _refresh_auth(self) -> None:
+        """Engines with expiring credentials (``refreshes_auth``) renew them here."""
+
+    def _headers(self) -> dict[str, str] | None:
+        """Built once per key value; the key is read from the environment on every call."""
         key = self._api_key()
-        if key != self._key or not self._key_headers:
+        if self._key_headers is None or key != self._key:
             self._key = key
             self._key_headers = {**self._base_headers(), **(self._auth_headers(key) if key else {})}
-        return self._key_headers
+        return self._key_headers or None
 
     async def aclose(self) -> None:
         """Close the sessions this engine opened (on every loop it ran on)."""
@@ -157,14 +164,20 @@ class BaseRemoteEngine(BaseInferenceEngine):
     # -- one request --------------------------------------------------------------
 
     async def _complete(self, conversation: Conversation, base: Body, state: LoopState) -> Completion:
-        """POST one conversation, retrying transient failures; the parsed completion."""
-        data = json.dumps(self._body(conversation, base)).encode()
+        """POST one conversation, retrying transient failures; the parsed completion.
+
+        After each success the worker rests ``politeness_policy`` seconds; after a
+        failure it waits the back-off (at least that long).
+        """
+        data = orjson.dumps(self._body(conversation, base))
         estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
-        attempt = 0
+        pause, attempt = self.remote_params.politeness_policy, 0
         while True:
             try:
                 async with state.slots:
-                    done = await self._polite(self._post(data, state, estimate))
+                    done = await self._post(data, state, estimate)
+                    if pause:
+                        await asyncio.sleep(pause)
                 state.limiter.settle(estimate, done.usage.prompt_tokens + done.usage.completion_tokens)
                 return done
             except RetryableEngineError as exc:
@@ -178,31 +191,21 @@ class BaseRemoteEngine(BaseInferenceEngine):
             log.warning("remote_request_failed", engine=self.name, attempts=attempt,
                         status=exc.status, error=exc.message)
             raise exc
-        delay = backoff_delay(attempt, base=params.retry_backoff_base,
-                              cap=params.retry_backoff_max, retry_after=exc.retry_after)
+        delay = max(params.politeness_policy, backoff_delay(
+            attempt, base=params.retry_backoff_base, cap=params.retry_backoff_max,
+            retry_after=exc.retry_after))
         log.info("remote_retry", engine=self.name, attempt=attempt, status=exc.status,
                  delay_s=round(delay, 3), error=exc.message)
         await asyncio.sleep(delay)
 
-    async def _polite(self, request: Awaitable[Completion]) -> Completion:
-        """Await ``request``; then, failed or not, the worker rests ``politeness_policy`` s."""
-        pause = self.remote_params.politeness_policy
-        if not pause:
-            return await request
-        try:
-            done = await request
-        except EngineError:
-            await asyncio.sleep(pause)
-            raise
-        await asyncio.sleep(pause)
-        return done
-
     async def _post(self, data: bytes, state: LoopState, estimate: int) -> Completion:
         if state.limiter.active:
             await state.limiter.acquire(estimate)
-        headers = await self._headers()
+        if self.refreshes_auth:
+            await self._refresh_auth()
+        headers = self._headers()
         try:
-            async with state.session.post(self.api_url, data=data, headers=headers,
+            async with state.session.post(self.api_url, data=_json_body(data), headers=headers,
                                           timeout=self._timeout) as resp:
                 if resp.status != 200:
                     raise await self._status_error(resp)
@@ -213,7 +216,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     def _parse(self, raw: bytes) -> Completion:
         try:
-            return self._completion(json.loads(raw))
+            return self._completion(orjson.loads(raw))
         except _PARSE_ERRORS as exc:
             raise malformed("a 200 reply", raw, exc, engine=self.name) from exc
 
@@ -240,38 +243,50 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     # -- many requests --------------------------------------------------------------
 
-    async def _iter_completions(self, conversations: Sequence[Conversation],
-                                params: GenerationParams,
-                                ) -> AsyncIterator[tuple[int, Completion | EngineError]]:
-        """``(index, completion or error)`` as requests finish; ``num_workers`` in flight.
+    async def _run_pool(self, conversations: Sequence[Conversation], params: GenerationParams,
+                        sink: Callable[[int, Any], Awaitable[None]]) -> None:
+        """Send every conversation, ``num_workers`` at a time, handing each outcome to ``sink``.
 
-        Workers pull indices from one shared iterator and hand results through a
-        small queue, so memory stays flat however many conversations are queued.
+        Workers pull indices from one shared iterator (no task per conversation),
+        so memory stays flat however many conversations are queued. An outcome
+        is a ``Completion`` or the exception that ended the row; if ``sink``
+        raises, the other workers are cancelled and the error propagates.
         """
         base, state = self._request_base(params, stream=False), self._states.get()
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(self.remote_params.num_workers)
         indices = iter(range(len(conversations)))
 
         async def worker() -> None:
             for i in indices:
                 try:
                     item: Any = await self._complete(conversations[i], base, state)
-                except Exception as exc:  # noqa: BLE001 - engine errors are row results;
-                    item = exc  # anything else is re-raised to the caller below
-                await queue.put((i, item))
+                except Exception as exc:  # noqa: BLE001 - the sink decides what sinks the call
+                    item = exc
+                await sink(i, item)
 
         tasks = [asyncio.create_task(worker())
                  for _ in range(min(self.remote_params.num_workers, len(conversations)))]
         try:
-            for _ in range(len(conversations)):
-                i, item = await queue.get()
-                if isinstance(item, Exception) and not isinstance(item, EngineError):
-                    raise item
-                yield i, item
+            await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _iter_completions(self, conversations: Sequence[Conversation],
+                                params: GenerationParams,
+                                ) -> AsyncIterator[tuple[int, Completion | EngineError]]:
+        """``(index, completion or engine error)`` as requests finish, through a small queue."""
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(self.remote_params.num_workers)
+        pool = asyncio.create_task(self._run_pool(conversations, params, queue.put))
+        try:
+            for _ in range(len(conversations)):
+                i, item = await queue.get()
+                if isinstance(item, Exception) and not isinstance(item, EngineError):
+                    raise item  # a bug or bad input, not a row failure
+                yield i, item
+        finally:
+            pool.cancel()
+            await asyncio.gather(pool, return_exceptions=True)
 
     async def aiter_results(self, conversations: Sequence[Conversation],
                             inference_config: InferenceConfig | None = None,
@@ -285,13 +300,29 @@ class BaseRemoteEngine(BaseInferenceEngine):
             else:
                 yield RowResult(i, self._output(conversations[i], item))
 
+    async def ainfer(self, conversations: Sequence[Conversation],
+                     inference_config: InferenceConfig | None = None) -> list[Conversation]:
+        """All outputs in input order, or the first error (all-or-nothing).
+
+        The base class's semantics on the hot path of a large batch: output
+        conversations are built once every request is done, so the garbage
+        collector does not rescan them while requests are in flight.
+        """
+        params = self._generation(inference_config)
+        await self._aensure_loaded()
+        done = await self._agenerate(conversations, params)
+        return [self._output(c, d) for c, d in zip(conversations, done)]
+
     async def _agenerate(self, conversations: Sequence[Conversation],
                          params: GenerationParams) -> list[Completion]:
         out: list[Any] = [None] * len(conversations)
-        async for i, item in self._iter_completions(conversations, params):
-            if isinstance(item, EngineError):
+
+        async def keep(i: int, item: Any) -> None:
+            if isinstance(item, Exception):
                 raise item
             out[i] = item
+
+        await self._run_pool(conversations, params, keep)
         return out
 
     # -- streaming -------------------------------------------------------------------
@@ -304,7 +335,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
         that the error is raised (the caller already holds part of the answer).
         """
         state = self._states.get()
-        data = json.dumps(self._body(conversation, self._request_base(params, stream=True))).encode()
+        data = orjson.dumps(self._body(conversation, self._request_base(params, stream=True)))
         attempt, sent = 0, False
         while True:
             try:
@@ -320,10 +351,12 @@ class BaseRemoteEngine(BaseInferenceEngine):
                 await self._before_retry(exc, attempt)
 
     async def _stream_once(self, data: bytes, state: LoopState) -> AsyncIterator[StreamChunk]:
-        headers = await self._headers()
+        if self.refreshes_auth:
+            await self._refresh_auth()
+        headers = self._headers()
         final = StreamChunk()
         try:
-            async with state.session.post(self.api_url, data=data, headers=headers,
+            async with state.session.post(self.api_url, data=_json_body(data), headers=headers,
                                           timeout=self._timeout) as resp:
                 if resp.status != 200:
                     raise await self._status_error(resp)
@@ -348,6 +381,10 @@ class BaseRemoteEngine(BaseInferenceEngine):
             return None
         except _PARSE_ERRORS as exc:
             raise malformed("a stream event", data, exc, engine=self.name) from exc
+
+
+def _json_body(data: bytes) -> aiohttp.BytesPayload:
+    return aiohttp.BytesPayload(data, content_type="application/json")
 
 
 def _merge_final(final: StreamChunk, chunk: StreamChunk) -> None:

@@ -41,6 +41,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.GOOGLE_VERTEX
     default_api_url = API_URL
+    refreshes_auth = True
     token_refresh_margin_s: float = 300.0
 
     def __init__(self, model_params: ModelParams, *,
@@ -86,9 +87,11 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
 
     # -- tokens ---------------------------------------------------------------------
 
-    async def _headers(self) -> dict[str, str]:
+    async def _refresh_auth(self) -> None:
         if not self._token_fresh():
             await self._refresh_once()
+
+    def _headers(self) -> dict[str, str] | None:
         token = self._credentials.token
         if token != self._key:
             self._key = token

@@ -54,6 +54,7 @@ async def test_request_shape_headers_and_mapping(fault_server: FaultServer,
     assert request["path"].endswith("/v1/messages")
     assert request["headers"]["x-api-key"] == "ak-123"
     assert request["headers"]["anthropic-version"] == "2023-06-01"
+    assert request["headers"]["Content-Type"] == "application/json"
     assert request["body"]["system"] == "Be brief.\n\nNo emoji."
     assert [m["role"] for m in request["body"]["messages"]] == ["user", "assistant", "user"]
     assert request["body"]["top_k"] == 4 and request["body"]["max_tokens"] == 2

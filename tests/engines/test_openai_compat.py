@@ -144,6 +144,7 @@ async def test_request_body_sampling_images_and_key(fault_server: FaultServer, t
     request = scenario.requests[0]
     body, parts = request["body"], request["body"]["messages"][0]["content"]
     assert request["headers"]["Authorization"] == "Bearer sk-abc"
+    assert request["headers"]["Content-Type"] == "application/json"
     assert body["max_completion_tokens"] == 7 and body["top_p"] == 0.5
     assert body["stop"] == ["\n"] and body["seed"] == 3 and body["model"] == "gpt-x"
     assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0K")

@@ -1,0 +1,81 @@
+"""The gateway application: collaborators in, an ``aiohttp`` app out.
+
+    app = create_app(chains, engines, pipelines, settings.server, log_settings=settings.log)
+    web.run_app(app, host="127.0.0.1", port=8000)
+
+Middlewares, outermost first: access log + error translation (every error leaves
+as OpenAI-style JSON, never a traceback), API-key auth, then limits (body size,
+deadline, concurrency). The catalogs belong to the caller, who closes them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from inferline.errors import InferlineError
+from inferline.server.auth import ApiKeys, auth_middleware
+from inferline.server.errors import ApiError, api_error_for, http_error
+from inferline.server.gateway import GATEWAY, Catalog, Gateway
+from inferline.server.limits import limits_middleware
+from inferline.server.routes import add_routes
+from inferline.settings.model import InferlineSettings, LogSettings, ServerSettings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(chains: Catalog, engines: Catalog, pipelines: Catalog | None,
+               settings: ServerSettings, *, log_settings: LogSettings | None = None,
+               keys: ApiKeys | None = None) -> web.Application:
+    """The gateway over these catalogs. Keys default to those the settings name."""
+    full = InferlineSettings(server=settings, log=log_settings or LogSettings())
+    gateway = Gateway(chains, engines, pipelines, full)
+    keys = keys if keys is not None else ApiKeys.from_env(settings.api_key_env_varnames)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
+        access_middleware, auth_middleware(keys), limits_middleware(settings, gateway.in_flight)])
+    app[GATEWAY] = gateway
+    add_routes(app)
+    return app
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """One ``http_request`` log event and metric per request; errors as JSON."""
+    started = time.monotonic()
+    request["request_id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request["log"] = {}
+    response = await _answer(request, handler)
+    response.headers.setdefault("x-request-id", request["request_id"])
+    _observe(request, response.status, time.monotonic() - started)
+    return response
+
+
+async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        return http_error(exc).response()
+    except InferlineError as exc:
+        return api_error_for(exc).response()
+    except TimeoutError:
+        timeout = request.app[GATEWAY].settings.server.request_timeout_s
+        return ApiError(504, f"request took over {timeout}s", code="timeout").response()
+    except Exception:  # noqa: BLE001 - the one place a bug becomes a plain 500
+        log.exception("request_crashed", request_id=request["request_id"], path=request.path)
+        return ApiError(500, "internal server error", code="internal_error").response()
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    request.app[GATEWAY].metrics.observe_request(name, request.method, status, seconds)
+    log.info("http_request", request_id=request["request_id"], method=request.method,
+             path=request.path, status=status, duration_ms=round(seconds * 1000, 1),
+             **request["log"])
+

@@ -1,0 +1,95 @@
+"""OpenAI-style JSON errors, and the one place inferline's errors become HTTP statuses.
+
+    raise ApiError(404, "model 'x' not found", type="invalid_request_error",
+                   code="model_not_found", param="model")
+    api_error_for(exc)   # any InferlineError -> ApiError with the right status
+
+Every error body has the shape ``{"error": {"message", "type", "param", "code"}}``;
+a chain that failed everywhere adds ``"attempts"``. No body ever carries a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from inferline.errors import (
+    AllEnginesFailedError,
+    ConfigurationError,
+    EngineError,
+    EngineUnavailableError,
+    FatalEngineError,
+    InferlineError,
+    OutputValidationError,
+    TemplateError,
+    UnsupportedParameterError,
+)
+
+#: GenerationParams field -> the OpenAI request field a client set it with
+OPENAI_PARAM = {"max_new_tokens": "max_tokens", "stop_strings": "stop",
+                "guided_decoding": "response_format"}
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
+          503: "service_unavailable", 504: "timeout_error"}
+
+
+class ApiError(Exception):
+    """An error answer: status, message, OpenAI type/code/param, extra headers and fields."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None,
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or _TYPES.get(status, "server_error")
+        self.headers, self.extra = headers or {}, extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code, **self.extra}}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status, headers=self.headers,
+                                 dumps=json.dumps)
+
+
+def api_error_for(exc: InferlineError) -> ApiError:
+    """The HTTP answer for an error an engine, chain or pipeline raised."""
+    if isinstance(exc, AllEnginesFailedError):
+        return ApiError(503, str(exc), code="all_engines_failed",
+                        attempts=[a.as_dict() for a in exc.attempts])
+    if isinstance(exc, UnsupportedParameterError):
+        return ApiError(400, str(exc), code="unsupported_parameter",
+                        param=OPENAI_PARAM.get(exc.param, exc.param))
+    if isinstance(exc, EngineError):
+        return _engine_error(exc)
+    if isinstance(exc, TemplateError):
+        return ApiError(400, str(exc), code="template_error")
+    if isinstance(exc, OutputValidationError):
+        return ApiError(502, str(exc), code="output_invalid")
+    if isinstance(exc, ConfigurationError):  # the server's own settings are wrong
+        return ApiError(500, f"server configuration error: {exc}", code="configuration_error")
+    return ApiError(500, f"{type(exc).__name__}: {exc}", code="internal_error")
+
+
+def _engine_error(exc: EngineError) -> ApiError:
+    attempt = [{"engine": exc.engine, "error": type(exc).__name__, "message": exc.message}]
+    if isinstance(exc, FatalEngineError) and exc.status in (400, 413, 422):
+        return ApiError(400, str(exc), code="engine_rejected_request", attempts=attempt)
+    if isinstance(exc, FatalEngineError):
+        return ApiError(502, str(exc), code="engine_error", attempts=attempt)
+    code = "engine_unavailable" if isinstance(exc, EngineUnavailableError) else "engine_failed"
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+    return ApiError(503, str(exc), code=code, headers=headers, attempts=attempt)
+
+
+def http_error(exc: web.HTTPException) -> ApiError:
+    """aiohttp's own errors (no route, wrong method, body too large) as JSON."""
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    message = exc.text or exc.reason
+    if exc.status == 404:
+        message = "no such route"
+    return ApiError(exc.status, message, code=codes.get(exc.status))

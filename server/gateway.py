@@ -1,0 +1,66 @@
+"""What the gateway serves: named chains, engines and pipelines, plus its counters.
+
+    gw = Gateway(chains, engines, pipelines, settings)
+    engine = gw.model("default")      # a chain first, else an engine; ApiError(404) if neither
+
+Collaborators arrive here; nothing in ``inferline.server`` imports the container.
+``chains``, ``engines`` and ``pipelines`` are catalogs: ``.get(name)`` and ``.names()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from inferline.server.errors import ApiError
+from inferline.server.limits import InFlight
+from inferline.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from inferline.engines.base import BaseInferenceEngine
+    from inferline.settings.model import InferlineSettings
+
+
+class Catalog(Protocol):
+    def get(self, name: str) -> Any: ...
+    def names(self) -> list[str]: ...
+
+
+@dataclass
+class Gateway:
+    chains: Catalog
+    engines: Catalog
+    pipelines: Catalog | None
+    settings: InferlineSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    in_flight: InFlight = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.in_flight = InFlight(self.settings.server.max_concurrency)
+
+    def model(self, name: str) -> BaseInferenceEngine:
+        """The chain or engine called ``name`` (chains win a tie)."""
+        if name in self.chains.names():
+            return self.chains.get(name)
+        if name in self.engines.names():
+            return self.engines.get(name)
+        raise _not_found("model", name, [*self.chains.names(), *self.engines.names()])
+
+    def pipeline(self, name: str) -> Any:
+        names = self.pipelines.names() if self.pipelines is not None else []
+        if name not in names:
+            raise _not_found("pipeline", name, names)
+        return self.pipelines.get(name)  # type: ignore[union-attr]
+
+
+def _not_found(kind: str, name: str, known: list[str]) -> ApiError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known) or 'none'}"
+    param = "model" if kind == "model" else None
+    return ApiError(404, f"{kind} {name!r} not found{hint}", code=f"{kind}_not_found", param=param)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

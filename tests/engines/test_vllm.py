@@ -1,0 +1,131 @@
+"""VLLMInferenceEngine (in-process vllm.LLM) on the packaged model's HF copy, for real.
+
+The module loads vLLM once (eager mode: no torch.compile, so it starts in ~30 s
+on a CPU) and checks at the end that closing it leaves no engine processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferline.core.configs import GenerationParams, ModelParams
+from inferline.engines.hardware import cuda_available
+from inferline.engines.llamacpp import LlamaCppInferenceEngine
+from inferline.engines.native import NativeTextInferenceEngine
+from inferline.engines.vllm import VLLMInferenceEngine, vllm_build
+from inferline.errors import ConfigurationError, EngineUnavailableError
+from tests.engines import local_checks as check
+
+needs_vllm = pytest.mark.skipif(vllm_build() is None, reason="vllm is not installed")
+
+
+@pytest.fixture(scope="module")
+def engine(smollm_hf: Path) -> Iterator[VLLMInferenceEngine]:
+    params = ModelParams(model_name=str(smollm_hf), model_kwargs={
+        "max_model_len": 2048, "enforce_eager": True, "enable_prefix_caching": True})
+    engine = VLLMInferenceEngine(params)
+    yield engine
+    engine.close()
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_answers_capital_of_france(engine: VLLMInferenceEngine) -> None:
+    await check.answers_capital_of_france(engine)
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_the_three_local_engines_agree(engine: VLLMInferenceEngine, smollm_gguf: Path,
+                                             smollm_hf: Path) -> None:
+    others = [LlamaCppInferenceEngine(ModelParams(model_name=str(smollm_gguf))),
+              NativeTextInferenceEngine(ModelParams(model_name=str(smollm_hf)))]
+    try:
+        answers = {type(e).__name__: await check.answer(e, max_new_tokens=32)
+                   for e in [engine, *others]}
+    finally:
+        for other in others:
+            await other.aclose()
+    assert len(set(answers.values())) == 1, answers
+    assert "Paris" in answers["VLLMInferenceEngine"]
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_batch_of_16_in_order(engine: VLLMInferenceEngine) -> None:
+    await check.batch_of_16_in_order(engine)
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_stop_strings(engine: VLLMInferenceEngine) -> None:
+    await check.stops_at_stop_string(engine)
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_seed_repeats_sampling(engine: VLLMInferenceEngine) -> None:
+    await check.seed_repeats_sampling(engine)
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_guided_choice_constrains_the_answer(engine: VLLMInferenceEngine) -> None:
+    text = await check.answer(engine, max_new_tokens=8,
+                              guided_decoding={"choice": ["Paris", "Lyon", "Nice"]})
+    assert text in {"Paris", "Lyon", "Nice"}
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_astream_yields_the_whole_answer_once(engine: VLLMInferenceEngine) -> None:
+    assert not engine.can_stream  # vllm.LLM has no token streaming
+    chunks = [c async for c in engine.astream(check.CAPITAL, check.config(max_new_tokens=32))]
+    assert len(chunks) == 1 and "Paris" in chunks[0].text
+    assert chunks[0].finish_reason == "stop"
+
+
+def test_supports_every_generation_parameter() -> None:
+    engine = VLLMInferenceEngine(ModelParams(model_name="m"))
+    assert engine.get_supported_params() == set(GenerationParams.model_fields)
+
+
+def test_misspelt_model_kwarg_names_key_and_hint() -> None:
+    with pytest.raises(ConfigurationError) as err:
+        VLLMInferenceEngine(ModelParams(model_name="m",
+                                        model_kwargs={"tensor_paralel_size": 2}))
+    assert err.value.key == "model.model_kwargs.tensor_paralel_size"
+    assert err.value.hint == "tensor_parallel_size"
+
+
+def test_logit_bias_needs_token_ids() -> None:
+    engine = VLLMInferenceEngine(ModelParams(model_name="m"))
+    with pytest.raises(ConfigurationError, match="logit_bias"):
+        engine._sampling(GenerationParams(logit_bias={"Paris": 5.0}))
+
+
+@needs_vllm
+async def test_missing_model_dir_is_unavailable(tmp_path: Path) -> None:
+    engine = VLLMInferenceEngine(ModelParams(model_name=str(tmp_path / "no-model")))
+    with pytest.raises(EngineUnavailableError, match="model file not found"):
+        engine.load()
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the no-GPU refusal")
+def test_device_cuda_without_gpu_is_unavailable() -> None:
+    engine = VLLMInferenceEngine(ModelParams(model_name="smollm2-135m",
+                                             model_kwargs={"device": "cuda"}))
+    with pytest.raises(EngineUnavailableError, match="no GPU"):
+        engine.load()
+
+
+@needs_vllm
+@pytest.mark.slow
+async def test_zz_close_stops_engine_processes(engine: VLLMInferenceEngine) -> None:
+    await check.answer(engine, max_new_tokens=4)  # loaded (if run alone)
+    assert any("VLLM" in cmd for cmd in check.child_processes())
+    await engine.aclose()
+    assert not any("VLLM" in cmd for cmd in check.child_processes()), check.child_processes()
