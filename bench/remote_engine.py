@@ -3,14 +3,16 @@
     .venv/bin/python bench/remote_engine.py            # ~1-2 min; writes bench/results/remote_engine.json
 
 Throughput: 3,000 chat-completion requests at 64 in flight, alternating the two
-clients (3 rounds each, after a warm-up) in one run; the figure is the median
+clients (5 rounds each, after a warm-up) in one run; the figure is the median
 requests/s of each and their ratio. The bare loop is what a careful user would
 write: one session with the same connector limit, 64 workers, ``session.post(json=)``
 and ``resp.json()``. Client CPU per request is reported too (the server runs in its
 own process).
 
-Memory: 100,000 queued conversations streamed through ``aiter_results`` into a JSONL
-file in a fresh process; peak RSS growth over the RSS with the conversations built.
+Memory: 100,000 queued conversations in a fresh process, streamed through
+``aiter_results`` into a JSONL file: peak RSS growth over the RSS with the input
+conversations built (the input list itself is reported separately). For contrast,
+``ainfer`` on the same input, which must return every output conversation.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-N_REQUESTS, CONCURRENCY, ROUNDS = 3000, 64, 3
+N_REQUESTS, CONCURRENCY, ROUNDS = 3000, 64, 5
 N_MEMORY = 100_000
 RESULTS = Path(__file__).parent / "results" / "remote_engine.json"
 REPLY = json.dumps({
@@ -145,14 +147,16 @@ def _rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory_child(url: str, n: int, out_path: str) -> None:
-    """Stream ``n`` conversations to ``out_path``; print baseline and peak RSS (MiB)."""
+def memory_child(url: str, n: int, mode: str, out_path: str) -> None:
+    """Run ``n`` conversations (``mode`` "stream" to a file, or "ainfer"); print RSS figures."""
     import gc
 
     from inferline.core.types import Conversation
 
-    convs = [Conversation.from_prompt(t) for t in prompts(n)]
     engine = engine_for(url)
+    gc.collect()
+    empty = _rss_mb()
+    convs = [Conversation.from_prompt(t) for t in prompts(n)]
     gc.collect()
     base, peak, stop = _rss_mb(), [0.0], threading.Event()
 
@@ -160,30 +164,37 @@ def memory_child(url: str, n: int, out_path: str) -> None:
         while not stop.wait(0.01):
             peak[0] = max(peak[0], _rss_mb())
 
-    async def run() -> int:
+    async def stream() -> int:
         written = 0
-        with open(out_path, "w") as fh:
+        with open(out_path, "w") as fh:  # noqa: ASYNC230 - a local file, line writes
             async for row in engine.aiter_results(convs):
                 fh.write(row.conversation.to_json() + "\n")
                 written += 1
-        await engine.aclose()
         return written
 
+    async def run() -> int:
+        done = await stream() if mode == "stream" else len(await engine.ainfer(convs))
+        await engine.aclose()
+        return done
+
     threading.Thread(target=sample, daemon=True).start()
-    wall, _, written = timed(lambda: asyncio.run(run()))
+    wall, _, done = timed(lambda: asyncio.run(run()))
     stop.set()
-    print(json.dumps({"conversations": n, "written": written, "wall_s": round(wall, 1),
+    print(json.dumps({"conversations": n, "completed": done, "wall_s": round(wall, 1),
+                      "input_list_mib": round(base - empty, 1),
                       "baseline_rss_mib": round(base, 1), "peak_rss_mib": round(peak[0], 1),
                       "peak_rss_delta_mib": round(peak[0] - base, 1)}))
 
 
-def memory(url: str) -> dict[str, Any]:
+def memory(url: str, mode: str) -> dict[str, Any]:
     out = Path(os.environ.get("TMPDIR", "/tmp")) / "inferline-bench-memory.jsonl"
-    cmd = [sys.executable, __file__, "--memory", url, str(N_MEMORY), str(out)]
+    cmd = [sys.executable, __file__, "--memory", url, str(N_MEMORY), mode, str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["output_lines"] = sum(1 for _ in open(out))
-    out.unlink()
+    if mode == "stream":
+        with open(out) as fh:
+            result["output_lines"] = sum(1 for _ in fh)
+        out.unlink()
     return result
 
 
@@ -191,14 +202,14 @@ def main() -> None:
     server, url = start_server()
     try:
         speed = throughput(url)
-        mem = memory(url)
+        mem = {mode: memory(url, mode) for mode in ("stream", "ainfer")}
     finally:
         server.terminate()
         server.join(10)
     ratio = speed["inferline"]["requests_per_s"] / speed["bare_aiohttp"]["requests_per_s"]
     result = {"requests": N_REQUESTS, "concurrency": CONCURRENCY, "rounds": ROUNDS, **speed,
               "ratio_inferline_to_bare": round(ratio, 3), "target_ratio": 0.85,
-              "memory_stream_100k": mem, "cpus": os.cpu_count(),
+              "memory_100k": mem, "cpus": os.cpu_count(),
               "python": sys.version.split()[0], "aiohttp": aiohttp.__version__}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -207,6 +218,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--memory":
-        memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         main()

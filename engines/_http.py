@@ -23,6 +23,7 @@ import aiohttp
 
 from inferline.core.configs import RemoteParams
 from inferline.engines._pacing import RateLimiter
+from inferline.engines.base import StreamChunk, Usage
 from inferline.errors import EngineError, RetryableEngineError, error_for_status
 
 Scrub = Callable[[str], str]
@@ -166,3 +167,19 @@ def retry_after(value: str | None) -> float | None:
         return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
         return None
+
+
+def json_body(data: bytes) -> aiohttp.BytesPayload:
+    """A request body already serialised as JSON (no per-request Content-Type header)."""
+    return aiohttp.BytesPayload(data, content_type="application/json")
+
+
+def merge_final(final: StreamChunk, chunk: StreamChunk) -> None:
+    """Fold a chunk's finish_reason and usage into the stream's last chunk."""
+    if chunk.finish_reason:
+        final.finish_reason = chunk.finish_reason
+    if chunk.usage is not None:
+        usage = final.usage or Usage()
+        usage.prompt_tokens = chunk.usage.prompt_tokens or usage.prompt_tokens
+        usage.completion_tokens = chunk.usage.completion_tokens or usage.completion_tokens
+        final.usage = usage

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -33,7 +34,8 @@ class RateLimiter:
     Requests are spaced evenly (``60/rpm`` s apart), no bursts. Tokens use a
     bucket of one minute's worth that refills continuously: a call reserves its
     estimate up front (prompt size + max new tokens) and ``settle`` trues it up
-    with the usage the server reported.
+    with the usage the server reported, waking a waiting caller. Must be used
+    on one event loop (remote engines keep one limiter per loop).
     """
 
     def __init__(self, *, requests_per_minute: float | None,
@@ -44,6 +46,7 @@ class RateLimiter:
         self._tokens = float(tokens_per_minute or 0)
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
+        self._settled = asyncio.Event()
 
     @property
     def active(self) -> bool:
@@ -68,7 +71,10 @@ class RateLimiter:
             if self._tokens >= amount:
                 self._tokens -= amount
                 return
-            await asyncio.sleep((amount - self._tokens) * 60.0 / self._tpm)
+            self._settled.clear()  # a settle() may hand tokens back before the refill
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._settled.wait(),
+                                       (amount - self._tokens) * 60.0 / self._tpm)
 
     def _refill(self) -> None:
         assert self._tpm is not None
@@ -81,3 +87,4 @@ class RateLimiter:
         if self._tpm:
             self._refill()
             self._tokens = min(self._tpm, self._tokens + estimated_tokens - used_tokens)
+            self._settled.set()

@@ -13,6 +13,7 @@ reason (``EngineUnavailableError``) instead of crashing the process.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from inferline.errors import ConfigurationError, EngineUnavailableError
@@ -57,7 +58,7 @@ def _interpolate(table: dict[float, float], x: float) -> float:
         return x * y0 / x0
     if x >= xn:
         return x * yn / xn
-    for (xa, ya), (xb, yb) in zip(points, points[1:]):
+    for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
         if xa <= x <= xb:
             return ya + (yb - ya) * (x - xa) / (xb - xa)
     raise AssertionError("unreachable")
@@ -103,8 +104,6 @@ def params_from_hf_dir(path: Path) -> tuple[float, str] | None:
 
 def cuda_available() -> bool:
     """Whether a CUDA GPU is usable; cheap unless torch is already imported."""
-    import sys
-
     if "torch" in sys.modules:
         return bool(sys.modules["torch"].cuda.is_available())
     gpus = Path("/proc/driver/nvidia/gpus")

@@ -30,8 +30,9 @@ def resolve_hub(repo_id: str, fmt: str = "hf", *, engine: str = "") -> str:
     try:
         import huggingface_hub
     except ImportError as exc:
-        raise EngineUnavailableError(f"model {repo_id!r} is a hub id and huggingface_hub is not "
-                                     "installed: pip install 'inferline[hf]'", engine=engine) from exc
+        raise EngineUnavailableError(
+            f"model {repo_id!r} is a hub id and huggingface_hub is not installed: "
+            "pip install 'inferline[hf]'", engine=engine) from exc
     patterns = ["*.gguf"] if fmt == "gguf" else _HF_PATTERNS
     if _offline(huggingface_hub):
         snapshot = _cached(huggingface_hub, repo_id, patterns, engine)

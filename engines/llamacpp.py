@@ -25,7 +25,14 @@ from pydantic import Field
 from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams
 from inferline.core.types import Conversation
 from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk, Usage
-from inferline.engines.local import Options, chat_messages, check_model_fits, parse_options
+from inferline.engines.local import (
+    Emit,
+    Options,
+    chat_messages,
+    check_model_fits,
+    parse_options,
+    stream_from_thread,
+)
 from inferline.engines.models import resolve_model
 from inferline.errors import (
     ConfigurationError,
@@ -186,33 +193,17 @@ class LlamaCppInferenceEngine(BaseInferenceEngine):
 
     async def _astream(self, conversation: Conversation,
                        params: GenerationParams) -> AsyncIterator[StreamChunk]:
-        messages = chat_messages(conversation, engine=self.name)
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        cancel = threading.Event()
-        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
-        worker = asyncio.ensure_future(asyncio.to_thread(
-            self._stream_worker, messages, self._sampling(params), put, cancel))
-        try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
-            await worker
+        messages, kwargs = chat_messages(conversation, engine=self.name), self._sampling(params)
 
-    def _stream_worker(self, messages: list[dict[str, str]], kwargs: dict[str, Any],
-                       put: Callable[[Any], Any], cancel: threading.Event) -> None:
-        try:
+        def work(emit: Emit, cancel: threading.Event) -> None:
             with self._lock:
-                self._call(lambda: self._stream_locked(messages, kwargs, put, cancel))
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
-            put(exc)
-        finally:
-            put(None)
+                self._call(lambda: self._stream_locked(messages, kwargs, emit, cancel))
+
+        async for chunk in stream_from_thread(work):
+            yield chunk
 
     def _stream_locked(self, messages: list[dict[str, str]], kwargs: dict[str, Any],
-                       put: Callable[[Any], Any], cancel: threading.Event) -> None:
+                       emit: Emit, cancel: threading.Event) -> None:
         llm = self._ready()
         prompt_tokens = self._prompt_tokens(llm, messages)
         chunks = llm.create_chat_completion(messages, stream=True, **kwargs)
@@ -224,10 +215,11 @@ class LlamaCppInferenceEngine(BaseInferenceEngine):
             choice = chunk["choices"][0]
             finish = choice["finish_reason"] or finish
             if text := choice["delta"].get("content"):
-                put(StreamChunk(text))
-        # The last sampled token is never evaluated, and an end-of-text token isn't counted.
+                emit(StreamChunk(text))
+        # The last sampled token is never evaluated, and an end-of-text token isn't counted
+        # (after a stop string the count is one short of the non-streamed one).
         done = llm.n_tokens - prompt_tokens + (1 if finish == "length" else 0)
-        put(StreamChunk("", finish, Usage(prompt_tokens, done)))
+        emit(StreamChunk("", finish, Usage(prompt_tokens, done)))
 
     def _prompt_tokens(self, llm: Llama, messages: list[dict[str, str]]) -> int:
         """Tokens in the prompt, counted exactly as the chat handler builds it."""

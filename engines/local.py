@@ -4,12 +4,15 @@
     messages = chat_messages(conversation, engine="llamacpp")
     cut = StopStrings(["\\n\\n"]); cut.feed("Hello\\n") ... cut.flush()
     check_model_fits("smollm2-135m", "gguf", engine="llamacpp")  # or EngineUnavailableError
+    async for chunk in stream_from_thread(work): ...  # work(emit, cancel) runs in a thread
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
-from collections.abc import Iterable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +23,8 @@ from inferline.engines.hardware import check_fits, estimate_memory, params_from_
 from inferline.engines.models import hf_dtype, looks_like_path, packaged
 from inferline.errors import ConfigurationError, EngineUnavailableError, FatalEngineError
 
-O = TypeVar("O", bound=BaseModel)
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+Emit = Callable[[Any], None]
 
 
 class Options(BaseModel):
@@ -29,7 +33,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-def parse_options(cls: type[O], kwargs: dict[str, Any], *, engine: str) -> O:
+def parse_options(cls: type[OptionsT], kwargs: dict[str, Any], *, engine: str) -> OptionsT:
     """``kwargs`` validated against ``cls``; errors name the key and the closest known one."""
     try:
         return cls.model_validate(kwargs)
@@ -55,6 +59,41 @@ def chat_messages(conversation: Conversation, *, engine: str) -> list[dict[str, 
                                    engine=engine)
         out.append({"role": message.role.value, "content": message.text})
     return out
+
+
+_END = object()
+
+
+async def stream_from_thread(work: Callable[[Emit, threading.Event], None]) -> AsyncIterator[Any]:
+    """Run blocking ``work(emit, cancel)`` in a thread; yield what it emits, as it emits it.
+
+    An exception in ``work`` is raised here. Closing the iterator early sets
+    ``cancel`` (``work`` should stop soon) and waits for the thread to end, so
+    the backend's lock is free again afterwards.
+    """
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    cancel = threading.Event()
+
+    def emit(item: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def run() -> None:
+        try:
+            work(emit, cancel)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
+            emit(exc)
+        finally:
+            emit(_END)
+
+    worker = asyncio.ensure_future(asyncio.to_thread(run))
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        await worker
 
 
 def cut_at_stop(text: str, stops: Iterable[str] | None) -> tuple[str, bool]:

@@ -24,12 +24,14 @@ from inferline.core.types import Conversation
 from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk, Usage
 from inferline.engines.hardware import cuda_available
 from inferline.engines.local import (
+    Emit,
     Options,
     StopStrings,
     chat_messages,
     check_model_fits,
     cut_at_stop,
     parse_options,
+    stream_from_thread,
 )
 from inferline.engines.models import resolve_model
 from inferline.errors import ConfigurationError, EngineUnavailableError, FatalEngineError
@@ -87,7 +89,8 @@ class NativeTextInferenceEngine(BaseInferenceEngine):
 
     @property
     def quantized(self) -> str | None:
-        return "4bit" if self.options.load_in_4bit else "8bit" if self.options.load_in_8bit else None
+        opts = self.options
+        return "4bit" if opts.load_in_4bit else "8bit" if opts.load_in_8bit else None
 
     def preflight(self) -> None:
         for package in ("torch", "transformers"):
@@ -204,7 +207,8 @@ class NativeTextInferenceEngine(BaseInferenceEngine):
                 stopping_criteria=stopping))
         new = out[:, enc["input_ids"].shape[1]:]
         prompts = enc["attention_mask"].sum(dim=1).tolist()
-        return [self._completion(row, n, params) for row, n in zip(new.tolist(), prompts)]
+        return [self._completion(row, n, params)
+                for row, n in zip(new.tolist(), prompts, strict=True)]
 
     def _ready(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -259,36 +263,20 @@ class NativeTextInferenceEngine(BaseInferenceEngine):
     async def _astream(self, conversation: Conversation,
                        params: GenerationParams) -> AsyncIterator[StreamChunk]:
         messages = chat_messages(conversation, engine=self.name)
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        cancel = threading.Event()
-        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
-        worker = asyncio.ensure_future(asyncio.to_thread(
-            self._stream_worker, messages, params, put, cancel))
-        try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
-            await worker
 
-    def _stream_worker(self, messages: list[dict[str, str]], params: GenerationParams,
-                       put: Callable[[Any], Any], cancel: threading.Event) -> None:
-        try:
-            streamer, stopping = _streaming(self._ready()[1], params, put, cancel)
+        def work(emit: Emit, cancel: threading.Event) -> None:
+            streamer, stopping = _streaming(self._ready()[1], params, emit, cancel)
             [done] = self._generate([messages], params, streamer, stopping)
             streamer.flush_stops()
-            put(StreamChunk("", done.finish_reason, done.usage))
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
-            put(exc)
-        finally:
-            put(None)
+            emit(StreamChunk("", done.finish_reason, done.usage))
+
+        async for chunk in stream_from_thread(work):
+            yield chunk
 
 
-def _streaming(tokenizer: Any, params: GenerationParams, put: Callable[[Any], Any],
+def _streaming(tokenizer: Any, params: GenerationParams, emit: Emit,
                cancel: threading.Event) -> tuple[Any, Any]:
-    """A streamer that hands text to ``put`` (stop strings held back), and a cancel check."""
+    """A streamer that hands text to ``emit`` (stop strings held back), and a cancel check."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
@@ -297,11 +285,11 @@ def _streaming(tokenizer: Any, params: GenerationParams, put: Callable[[Any], An
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if out := self.stops.feed(text):
-                put(StreamChunk(out))
+                emit(StreamChunk(out))
 
         def flush_stops(self) -> None:
             if out := self.stops.flush():
-                put(StreamChunk(out))
+                emit(StreamChunk(out))
 
     class _Cancel(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:

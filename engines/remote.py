@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -39,13 +39,16 @@ from inferline.engines._http import (
     LoopState,
     LoopStates,
     body_error,
+    json_body,
     malformed,
+    merge_final,
     status_error,
     transport_error,
 )
+from inferline.engines._pool import iter_pool, run_pool
 from inferline.engines._pacing import backoff_delay
 from inferline.engines._sse import iter_sse
-from inferline.engines.base import BaseInferenceEngine, Completion, RowResult, StreamChunk, Usage
+from inferline.engines.base import BaseInferenceEngine, Completion, RowResult, StreamChunk
 from inferline.errors import (
     ConfigurationError,
     EngineError,
@@ -180,7 +183,10 @@ class BaseRemoteEngine(BaseInferenceEngine):
                         await asyncio.sleep(pause)
                 state.limiter.settle(estimate, done.usage.prompt_tokens + done.usage.completion_tokens)
                 return done
-            except RetryableEngineError as exc:
+            except EngineError as exc:
+                state.limiter.settle(estimate, 0)  # a failed try hands its tokens back
+                if not isinstance(exc, RetryableEngineError):
+                    raise
                 attempt += 1
                 await self._before_retry(exc, attempt)
 
@@ -205,7 +211,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
             await self._refresh_auth()
         headers = self._headers()
         try:
-            async with state.session.post(self.api_url, data=_json_body(data), headers=headers,
+            async with state.session.post(self.api_url, data=json_body(data), headers=headers,
                                           timeout=self._timeout) as resp:
                 if resp.status != 200:
                     raise await self._status_error(resp)
@@ -243,50 +249,19 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     # -- many requests --------------------------------------------------------------
 
-    async def _run_pool(self, conversations: Sequence[Conversation], params: GenerationParams,
-                        sink: Callable[[int, Any], Awaitable[None]]) -> None:
-        """Send every conversation, ``num_workers`` at a time, handing each outcome to ``sink``.
-
-        Workers pull indices from one shared iterator (no task per conversation),
-        so memory stays flat however many conversations are queued. An outcome
-        is a ``Completion`` or the exception that ended the row; if ``sink``
-        raises, the other workers are cancelled and the error propagates.
-        """
-        base, state = self._request_base(params, stream=False), self._states.get()
-        indices = iter(range(len(conversations)))
-
-        async def worker() -> None:
-            for i in indices:
-                try:
-                    item: Any = await self._complete(conversations[i], base, state)
-                except Exception as exc:  # noqa: BLE001 - the sink decides what sinks the call
-                    item = exc
-                await sink(i, item)
-
-        tasks = [asyncio.create_task(worker())
-                 for _ in range(min(self.remote_params.num_workers, len(conversations)))]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
     async def _iter_completions(self, conversations: Sequence[Conversation],
                                 params: GenerationParams,
                                 ) -> AsyncIterator[tuple[int, Completion | EngineError]]:
-        """``(index, completion or engine error)`` as requests finish, through a small queue."""
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(self.remote_params.num_workers)
-        pool = asyncio.create_task(self._run_pool(conversations, params, queue.put))
-        try:
-            for _ in range(len(conversations)):
-                i, item = await queue.get()
-                if isinstance(item, Exception) and not isinstance(item, EngineError):
-                    raise item  # a bug or bad input, not a row failure
-                yield i, item
-        finally:
-            pool.cancel()
-            await asyncio.gather(pool, return_exceptions=True)
+        """``(index, completion or engine error)`` as requests finish; ``num_workers`` in flight."""
+        base, state = self._request_base(params, stream=False), self._states.get()
+
+        async def job(i: int) -> Completion:
+            return await self._complete(conversations[i], base, state)
+
+        async for i, outcome in iter_pool(len(conversations), self.remote_params.num_workers, job):
+            if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
+                raise outcome  # a bug or bad input, not a row failure
+            yield i, outcome
 
     async def aiter_results(self, conversations: Sequence[Conversation],
                             inference_config: InferenceConfig | None = None,
@@ -315,14 +290,18 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     async def _agenerate(self, conversations: Sequence[Conversation],
                          params: GenerationParams) -> list[Completion]:
+        base, state = self._request_base(params, stream=False), self._states.get()
         out: list[Any] = [None] * len(conversations)
 
-        async def keep(i: int, item: Any) -> None:
-            if isinstance(item, Exception):
-                raise item
-            out[i] = item
+        async def job(i: int) -> Completion:
+            return await self._complete(conversations[i], base, state)
 
-        await self._run_pool(conversations, params, keep)
+        async def keep(i: int, outcome: Any) -> None:
+            if isinstance(outcome, Exception):
+                raise outcome
+            out[i] = outcome
+
+        await run_pool(len(conversations), self.remote_params.num_workers, job, keep)
         return out
 
     # -- streaming -------------------------------------------------------------------
@@ -334,17 +313,23 @@ class BaseRemoteEngine(BaseInferenceEngine):
         Failures before the first chunk are retried like plain requests; after
         that the error is raised (the caller already holds part of the answer).
         """
-        state = self._states.get()
-        data = orjson.dumps(self._body(conversation, self._request_base(params, stream=True)))
+        state, base = self._states.get(), self._request_base(params, stream=True)
+        data = orjson.dumps(self._body(conversation, base))
+        estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
         attempt, sent = 0, False
         while True:
             try:
+                if estimate:
+                    await state.limiter.acquire(estimate)
                 async with state.slots:
                     async for chunk in self._stream_once(data, state):
                         sent = True
                         yield chunk
+                used = chunk.usage.prompt_tokens + chunk.usage.completion_tokens if chunk.usage else 0
+                state.limiter.settle(estimate, used)
                 return
             except RetryableEngineError as exc:
+                state.limiter.settle(estimate, 0)
                 if sent:
                     raise
                 attempt += 1
@@ -356,7 +341,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
         headers = self._headers()
         final = StreamChunk()
         try:
-            async with state.session.post(self.api_url, data=_json_body(data), headers=headers,
+            async with state.session.post(self.api_url, data=json_body(data), headers=headers,
                                           timeout=self._timeout) as resp:
                 if resp.status != 200:
                     raise await self._status_error(resp)
@@ -364,7 +349,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
                     chunk = self._parse_event(event, payload)
                     if chunk is None:
                         break
-                    _merge_final(final, chunk)
+                    merge_final(final, chunk)
                     if chunk.text:
                         yield StreamChunk(chunk.text)
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
@@ -381,18 +366,3 @@ class BaseRemoteEngine(BaseInferenceEngine):
             return None
         except _PARSE_ERRORS as exc:
             raise malformed("a stream event", data, exc, engine=self.name) from exc
-
-
-def _json_body(data: bytes) -> aiohttp.BytesPayload:
-    return aiohttp.BytesPayload(data, content_type="application/json")
-
-
-def _merge_final(final: StreamChunk, chunk: StreamChunk) -> None:
-    """Fold a chunk's finish_reason and usage into the stream's last chunk."""
-    if chunk.finish_reason:
-        final.finish_reason = chunk.finish_reason
-    if chunk.usage is not None:
-        usage = final.usage or Usage()
-        usage.prompt_tokens = chunk.usage.prompt_tokens or usage.prompt_tokens
-        usage.completion_tokens = chunk.usage.completion_tokens or usage.completion_tokens
-        final.usage = usage

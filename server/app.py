@@ -19,6 +19,7 @@ from aiohttp import web
 
 from inferline.errors import InferlineError
 from inferline.server.auth import ApiKeys, auth_middleware
+from inferline.server.context import LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for, http_error
 from inferline.server.gateway import GATEWAY, Catalog, Gateway
 from inferline.server.limits import limits_middleware
@@ -46,10 +47,10 @@ def create_app(chains: Catalog, engines: Catalog, pipelines: Catalog | None,
 async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """One ``http_request`` log event and metric per request; errors as JSON."""
     started = time.monotonic()
-    request["request_id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
-    request["log"] = {}
+    request[REQUEST_ID] = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request[LOG_FIELDS] = {}
     response = await _answer(request, handler)
-    response.headers.setdefault("x-request-id", request["request_id"])
+    response.headers.setdefault("x-request-id", request[REQUEST_ID])
     _observe(request, response.status, time.monotonic() - started)
     return response
 
@@ -66,8 +67,8 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
     except TimeoutError:
         timeout = request.app[GATEWAY].settings.server.request_timeout_s
         return ApiError(504, f"request took over {timeout}s", code="timeout").response()
-    except Exception:  # noqa: BLE001 - the one place a bug becomes a plain 500
-        log.exception("request_crashed", request_id=request["request_id"], path=request.path)
+    except Exception:
+        log.exception("request_crashed", request_id=request[REQUEST_ID], path=request.path)
         return ApiError(500, "internal server error", code="internal_error").response()
 
 
@@ -75,7 +76,7 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     request.app[GATEWAY].metrics.observe_request(name, request.method, status, seconds)
-    log.info("http_request", request_id=request["request_id"], method=request.method,
+    log.info("http_request", request_id=request[REQUEST_ID], method=request.method,
              path=request.path, status=status, duration_ms=round(seconds * 1000, 1),
-             **request["log"])
+             **request[LOG_FIELDS])
 

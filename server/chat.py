@@ -21,6 +21,7 @@ from aiohttp import web
 from inferline.core.types import Conversation
 from inferline.engines.base import BaseInferenceEngine, StreamChunk
 from inferline.errors import AllEnginesFailedError, Attempt, EngineError, InferlineError
+from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
 from inferline.server.gateway import GATEWAY, Gateway
 from inferline.server.openai_api import (
@@ -52,13 +53,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     req = parse_chat_request(await read_json(request))
     engine = gw.model(req.model)
-    request["log"].update(model=req.model, stream=req.stream)
+    request[LOG_FIELDS].update(model=req.model, stream=req.stream)
     if req.stream:
         return await stream_chat(request, gw, engine, req)
     started = time.monotonic()
     try:
-        async with asyncio.timeout_at(request["deadline"]):
-            [out] = await engine.ainfer([req.conversation()], req.inference_config())
+        async with asyncio.timeout_at(request[DEADLINE]):
+            [out] = await engine.ainfer([req.conversation], req.inference_config)
     except InferlineError as exc:
         record_failure(gw, req.model, exc)
         raise
@@ -74,9 +75,9 @@ async def stream_chat(request: web.Request, gw: Gateway, engine: BaseInferenceEn
     """Stream as OpenAI chunks. Headers wait for the first chunk, so a request that fails
     before any text (bad parameter, every engine down) still gets a JSON error and status."""
     started, stream = time.monotonic(), _Stream(request, req)
-    chunks = engine.astream(req.conversation(), req.inference_config())
+    chunks = engine.astream(req.conversation, req.inference_config)
     try:
-        async with asyncio.timeout_at(request["deadline"]):
+        async with asyncio.timeout_at(request[DEADLINE]):
             async for chunk in chunks:
                 await stream.add(chunk, engine)
     except (InferlineError, TimeoutError) as exc:
@@ -86,7 +87,7 @@ async def stream_chat(request: web.Request, gw: Gateway, engine: BaseInferenceEn
             raise
         return await stream.fail(exc)
     except ConnectionResetError:  # the client went away; nothing left to tell it
-        log.info("client_disconnected", request_id=request["request_id"])
+        log.info("client_disconnected", request_id=request[REQUEST_ID])
         return stream.sse.response
     finally:
         await chunks.aclose()
@@ -141,9 +142,9 @@ class _Stream:
     async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse:
         error = (api_error_for(exc) if isinstance(exc, InferlineError) else
                  ApiError(504, "request timed out mid-stream", code="timeout"))
-        log.warning("stream_failed", request_id=self.request["request_id"],
+        log.warning("stream_failed", request_id=self.request[REQUEST_ID],
                     status=error.status, error=error.message)
-        self.request["log"].update(stream_error=error.code)
+        self.request[LOG_FIELDS].update(stream_error=error.code)
         await self.sse.error(error.body())
         return self.sse.response
 
@@ -165,8 +166,8 @@ def record_success(request: web.Request, gw: Gateway, req: ChatRequest,
                    served: dict[str, Any], usage: dict[str, int] | None) -> None:
     gw.metrics.observe_attempts(req.model, served["attempts"])
     gw.metrics.observe_usage(served["served_by"], usage)
-    request["log"].update(served_by=served["served_by"], attempts=len(served["attempts"]),
-                          usage=usage)
+    request[LOG_FIELDS].update(served_by=served["served_by"],
+                               attempts=len(served["attempts"]), usage=usage)
 
 
 def record_failure(gw: Gateway, model: str, exc: InferlineError) -> None:
@@ -180,7 +181,7 @@ def record_failure(gw: Gateway, model: str, exc: InferlineError) -> None:
 def log_exchange(request: web.Request, gw: Gateway, req: ChatRequest, answer: str) -> None:
     """Prompt and answer text, only when ``log.log_prompts`` is on."""
     if gw.settings.log.log_prompts:
-        conv: Conversation = req.conversation()
-        log.info("chat_exchange", request_id=request["request_id"],
+        conv: Conversation = req.conversation
+        log.info("chat_exchange", request_id=request[REQUEST_ID],
                  messages=[{"role": m.role.value, "text": m.text} for m in conv.messages],
                  answer=answer)

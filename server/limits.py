@@ -5,7 +5,7 @@
 Inference routes (``/v1/chat/...``, ``/v1/pipelines/...``) count against
 ``max_concurrency``; one more is answered at once with 429 and ``Retry-After``
 rather than queued, so a saturated server sheds load instead of piling it up.
-Handlers bound their work with ``asyncio.timeout_at(request["deadline"])``.
+Handlers bound their work with ``asyncio.timeout_at(request[DEADLINE])``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 
 from aiohttp import web
 
+from inferline.server.context import DEADLINE
 from inferline.server.errors import ApiError
 from inferline.settings.model import ServerSettings
 
@@ -40,7 +41,7 @@ class InFlight:
 def limits_middleware(settings: ServerSettings, in_flight: InFlight) -> web.middleware:
     @web.middleware
     async def limit(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-        request["deadline"] = asyncio.get_running_loop().time() + settings.request_timeout_s
+        request[DEADLINE] = asyncio.get_running_loop().time() + settings.request_timeout_s
         size = request.content_length
         if size is not None and size > settings.max_body_bytes:
             raise ApiError(413, f"request body of {size} bytes is over the limit of "

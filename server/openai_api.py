@@ -1,7 +1,7 @@
 """OpenAI chat-completions requests in, inferline calls out, OpenAI responses back.
 
     req = parse_chat_request(body)          # ApiError(400) naming the bad field
-    conv, config = req.conversation(), req.inference_config()
+    conv, config = req.conversation, req.inference_config
     completion_body(req.model, out, served)  # the non-streaming answer
 
 Request fields:
@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inferline.core.configs import GenerationParams, GuidedDecodingParams, InferenceConfig
+from inferline.core.configs import (
+    GenerationParams,
+    GuidedDecodingParams,
+    InferenceConfig,
+)
 from inferline.core.types import ContentItem, ContentType, Conversation, Message, Role
 from inferline.server.errors import ApiError
 
@@ -53,7 +58,8 @@ class ContentPart(_Strict):
         if self.type == "text":
             return ContentItem(type=ContentType.TEXT, content=self.text or "")
         if self.image_url is None:
-            raise ValueError("an image_url part needs image_url.url")
+            raise ApiError(400, "an image_url content part needs image_url.url",
+                           param="messages.content.image_url", code="invalid_value")
         return ContentItem(type=ContentType.IMAGE_URL, content=self.image_url.url)
 
 
@@ -80,7 +86,8 @@ class ResponseFormat(_Strict):
             return GuidedDecodingParams(json_schema={"type": "object"})
         schema = (self.json_schema or {}).get("schema")
         if not isinstance(schema, dict):
-            raise ValueError("json_schema.schema must be a JSON schema object")
+            raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object",
+                           param="response_format.json_schema.schema", code="invalid_value")
         return GuidedDecodingParams(json_schema=schema)
 
 
@@ -113,9 +120,11 @@ class ChatRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
 
+    @cached_property
     def conversation(self) -> Conversation:
         return Conversation(messages=[m.message() for m in self.messages])
 
+    @cached_property
     def inference_config(self) -> InferenceConfig:
         """Only the fields the client set; the engine's own defaults fill the rest."""
         return InferenceConfig(generation=GenerationParams(**self._generation_fields()))
@@ -146,25 +155,35 @@ def parse_chat_request(body: Any) -> ChatRequest:
     fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
     try:
         request = ChatRequest.model_validate(fields)
-        request.conversation(), request.inference_config()  # content and format checks
+        _ = request.conversation, request.inference_config  # checked now, then cached
     except ValidationError as exc:
         raise _invalid(exc) from None
-    except ValueError as exc:
-        raise ApiError(400, str(exc), code="invalid_value") from None
     return request
 
 
 def _invalid(exc: ValidationError) -> ApiError:
-    err = exc.errors(include_url=False)[0]
-    param = ".".join(str(p) for p in err["loc"]) or None
-    if err["type"] == "extra_forbidden":
+    """The most specific error, with pydantic's union-branch names dropped from ``param``."""
+    errors = exc.errors(include_url=False)
+    worst = max(errors, key=lambda e: len(e["loc"]))
+    param = _param(worst["loc"])
+    if worst["type"] == "extra_forbidden":
         return ApiError(400, f"unsupported parameter {param!r}", param=param,
                         code="unsupported_parameter")
-    if err["type"] == "missing":
+    if worst["type"] == "missing":
         return ApiError(400, f"missing required parameter {param!r}", param=param,
                         code="missing_required_parameter")
-    return ApiError(400, f"invalid value for {param!r}: {err['msg']}", param=param,
+    reasons = dict.fromkeys(e["msg"] for e in errors if _param(e["loc"]) == param)
+    return ApiError(400, f"invalid value for {param!r}: {' or '.join(reasons)}", param=param,
                     code="invalid_value")
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """``messages.0.content`` from ``("messages", 0, "content", "list[ContentPart]")``."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in _BRANCHES or "[" in p))]
+    return ".".join(parts)
+
+
+_BRANCHES = frozenset({"str", "int", "float", "bool", "dict", "list"})
 
 
 def new_completion_id() -> str:

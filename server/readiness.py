@@ -1,6 +1,6 @@
-"""Each engine's state for ``GET /ready``: loaded, available, unavailable, or circuit open.
+"""Each engine's state for ``GET /ready``: loaded, available or unavailable (with the reason).
 
-    body = await readiness(engines, chains)
+    body = await readiness(engines)
     # {"ready": true, "engines": {"local": {"state": "loaded"},
     #   "cloud": {"state": "unavailable", "reason": "API key variable OPENAI_API_KEY is not set"}}}
 
@@ -19,12 +19,9 @@ PREFLIGHT_TIMEOUT_S = 5.0
 SERVING_STATES = frozenset({"loaded", "available"})
 
 
-async def readiness(engines: Any, chains: Any) -> dict[str, Any]:
+async def readiness(engines: Any) -> dict[str, Any]:
     """The state of every engine, and whether any of them can serve."""
-    open_circuits = _open_circuits(chains)
-    states = {}
-    for name in engines.names():
-        states[name] = open_circuits.get(name) or await engine_state(engines, name)
+    states = {name: await engine_state(engines, name) for name in engines.names()}
     ready = any(s["state"] in SERVING_STATES for s in states.values())
     return {"ready": ready, "engines": states}
 
@@ -44,7 +41,3 @@ async def engine_state(engines: Any, name: str) -> dict[str, Any]:
         return {"state": "unavailable", "reason": f"preflight took over {PREFLIGHT_TIMEOUT_S}s"}
     return {"state": "available"}
 
-
-def _open_circuits(chains: Any) -> dict[str, dict[str, Any]]:
-    """Engines whose circuit breaker is open in some chain (filled in from chain state)."""
-    return {}

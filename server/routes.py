@@ -12,7 +12,13 @@ from typing import Any
 from aiohttp import web
 
 from inferline.errors import InferlineError
-from inferline.server.chat import ENGINE_HEADER, chat_completions, read_json, record_failure
+from inferline.server.chat import (
+    ENGINE_HEADER,
+    chat_completions,
+    read_json,
+    record_failure,
+)
+from inferline.server.context import DEADLINE, LOG_FIELDS
 from inferline.server.errors import ApiError
 from inferline.server.gateway import GATEWAY
 from inferline.server.metrics import CONTENT_TYPE
@@ -28,9 +34,9 @@ async def run_pipeline(request: web.Request) -> web.Response:
     if not isinstance(row, dict):
         raise ApiError(400, "the request body must be a JSON object (one input row)",
                        code="invalid_body")
-    request["log"].update(pipeline=name)
+    request[LOG_FIELDS].update(pipeline=name)
     try:
-        async with asyncio.timeout_at(request["deadline"]):
+        async with asyncio.timeout_at(request[DEADLINE]):
             out = await pipeline.arun(row)
     except InferlineError as exc:
         record_failure(gw, f"pipeline:{name}", exc)
@@ -39,7 +45,7 @@ async def run_pipeline(request: web.Request) -> web.Response:
     served_by = meta.get("served_by") or ""
     gw.metrics.observe_attempts(f"pipeline:{name}", meta.get("attempts") or [])
     gw.metrics.observe_usage(served_by, meta.get("usage"))
-    request["log"].update(served_by=served_by)
+    request[LOG_FIELDS].update(served_by=served_by)
     return web.json_response(out, headers={ENGINE_HEADER: served_by} if served_by else None)
 
 
@@ -65,7 +71,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """``GET /ready``: each engine's state; 503 when no engine can serve."""
     gw = request.app[GATEWAY]
-    body = await readiness(gw.engines, gw.chains)
+    body = await readiness(gw.engines)
     return web.json_response(body, status=200 if body["ready"] else 503)
 
 

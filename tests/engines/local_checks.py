@@ -47,8 +47,8 @@ async def batch_of_16_in_order(engine: BaseInferenceEngine, **gen: object) -> No
     assert len(outs) == 16
     assert [o.messages[:-1] for o in outs] == [c.messages for c in convs]
     texts = [o.last_message().text.lower() for o in outs]
-    on_topic = [_stem(t) in text for t, text in zip(TOPICS, texts)]
-    assert sum(on_topic) >= 13, list(zip(TOPICS, texts))  # shuffled answers would score ~1
+    on_topic = [_stem(t) in text for t, text in zip(TOPICS, texts, strict=True)]
+    assert sum(on_topic) >= 13, texts  # shuffled answers would score ~1
     for out in outs:
         assert out.metadata["usage"]["prompt_tokens"] > 0
         assert 0 < out.metadata["usage"]["completion_tokens"] <= 24

@@ -9,7 +9,13 @@ import pytest
 
 from inferline.core.configs import GenerationParams, ModelParams
 from inferline.engines.llamacpp import LlamaCppInferenceEngine
-from inferline.errors import ConfigurationError, EngineUnavailableError, UnsupportedParameterError
+from inferline.core.types import Conversation
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    FatalEngineError,
+    UnsupportedParameterError,
+)
 from tests.engines import local_checks as check
 
 
@@ -94,3 +100,15 @@ async def test_unsupported_parameter_per_call_is_refused(engine: LlamaCppInferen
     assert engine.get_supported_params() == {
         "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
         "presence_penalty", "stop_strings", "seed", "logit_bias", "batch_size"}
+
+
+@pytest.mark.slow
+async def test_prompt_longer_than_context_is_fatal_and_rows_are_kept(
+        engine: LlamaCppInferenceEngine) -> None:
+    too_long = Conversation.from_prompt("Paris " * 3000)
+    with pytest.raises(FatalEngineError, match="exceed context window"):
+        await engine.ainfer([too_long], check.config(max_new_tokens=8))
+    [ok, bad] = await engine.ainfer_partial([check.CAPITAL, too_long],
+                                            check.config(max_new_tokens=16, batch_size=1))
+    assert "Paris" in ok.conversation.last_message().text
+    assert isinstance(bad.error, FatalEngineError)

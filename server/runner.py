@@ -1,0 +1,60 @@
+"""Run the gateway until SIGTERM or SIGINT, then drain: in-flight requests finish first.
+
+    await serve(app, "127.0.0.1", 8000, shutdown_grace_s=30)
+
+On a signal the listening socket closes at once (new connections are refused),
+requests already running get up to ``shutdown_grace_s`` to complete, then the
+rest are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+from aiohttp import web
+
+from inferline.errors import ConfigurationError
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s: float) -> None:
+    """Serve ``app`` on ``host:port`` (port 0: any free port) until a stop signal."""
+    # aiohttp reads a timeout of 0 as "wait forever"; 0 here means "do not wait"
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=max(shutdown_grace_s, 0.001))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:  # address in use, not ours to bind, ...
+            raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                     key="server.port") from None
+        url = _url(site)
+        log.info("server_started", url=url, grace_s=shutdown_grace_s)
+        print(f"inferline: serving on {url}", file=sys.stderr, flush=True)
+        await _wait_for_signal()
+        log.info("server_draining", grace_s=shutdown_grace_s)
+    finally:
+        await runner.cleanup()
+    log.info("server_stopped")
+
+
+def _url(site: web.TCPSite) -> str:
+    host, port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+
+async def _wait_for_signal() -> None:
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
