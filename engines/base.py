@@ -56,6 +56,7 @@ class StreamChunk:
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    engine: str | None = None  # set by a fallback chain: the engine that produced it
 
 
 @dataclass

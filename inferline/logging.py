@@ -1,0 +1,50 @@
+"""structlog, configured once: console lines for dev, JSON for prod, secrets redacted.
+
+    configure_logging(settings.log, secret_env_vars=["OPENAI_API_KEY"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+from inferline.settings.model import LogSettings
+
+_SECRET_FIELDS = ("api_key", "authorization", "token", "password", "secret")
+
+
+class RedactSecrets:
+    """Masks fields named like secrets, and any value equal to a named secret variable."""
+
+    def __init__(self, env_vars: Iterable[str]) -> None:
+        self.env_vars = list(env_vars)
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        secrets = [os.environ[v] for v in self.env_vars if os.environ.get(v)]
+        for key, value in event.items():
+            if any(s in key.lower() for s in _SECRET_FIELDS):
+                event[key] = "***"
+            elif isinstance(value, str):
+                for secret in secrets:
+                    value = value.replace(secret, "***")
+                event[key] = value
+        return event
+
+
+def configure_logging(settings: LogSettings, secret_env_vars: Iterable[str] = ()) -> None:
+    renderer: Any = (structlog.processors.JSONRenderer() if settings.format == "json"
+                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso"), RedactSecrets(secret_env_vars),
+                    renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelName(settings.level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
