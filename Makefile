@@ -1,4 +1,4 @@
-# make run   - set up .venv and run the example pipeline on the bundled data
+# make run   - set up .venv and answer the bundled questions through the default fallback chain
 # make test  - set up .venv and run the test suite
 # make bench - run the benchmarks under bench/ (figures in README.md)
 .PHONY: setup run test bench
@@ -7,9 +7,8 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	rm -f out/capital-quiz.jsonl
-	.venv/bin/inferline run pipelines/examples/capital-quiz.yaml \
-		--input pipelines/examples/countries.jsonl --output out/capital-quiz.jsonl
+	.venv/bin/inferline infer --chain default --system "Answer in one short sentence." \
+		< examples/questions.txt
 
 test: setup
 	.venv/bin/pytest

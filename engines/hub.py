@@ -29,6 +29,8 @@ def resolve_hub(repo_id: str, fmt: str = "hf", *, engine: str = "") -> str:
     """A local directory (``fmt="hf"``) or GGUF file (``"gguf"``) for a hub model id."""
     try:
         import huggingface_hub
+        import huggingface_hub.constants
+        import huggingface_hub.errors  # noqa: F401 -- submodules are not loaded by the package
     except ImportError as exc:
         raise EngineUnavailableError(
             f"model {repo_id!r} is a hub id and huggingface_hub is not installed: "

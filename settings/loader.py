@@ -108,24 +108,22 @@ def _resolved(files: dict[str, Any], overrides: dict[str, Any], dotenv: Path | N
     return Resolved()
 
 
-def _error(exc: ValidationError, lines: Lines, data: dict[str, Any]) -> ConfigurationError:
+def validation_error(exc: ValidationError, lines: Lines, root: Any = InferlineSettings,
+                     file: str | None = None) -> ConfigurationError:
+    """A pydantic error as a ConfigurationError with file, line, dotted key and a name hint."""
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"])
     file, line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines),
-                      (None, None))
+                      (file, None))
     hint = None
     if err["type"] == "extra_forbidden":
-        parent = data
-        for part in loc[:-1]:
-            parent = parent.get(part, {}) if isinstance(parent, dict) else {}
-        hint = next(iter(difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), 1)), None)
+        hint = next(iter(difflib.get_close_matches(loc[-1], _known_keys(root, loc[:-1]), 1)), None)
     return ConfigurationError(err["msg"], file=file, line=line, key=".".join(loc) or None,
                               hint=hint)
 
 
-def _known_keys(path: tuple[str, ...]) -> list[str]:
-    """Field names of the settings model found at ``path`` (dict keys skipped)."""
-    model: Any = InferlineSettings
+def _known_keys(model: Any, path: tuple[str, ...]) -> list[str]:
+    """Field names of the pydantic model found at ``path`` below ``model`` (dict keys skipped)."""
     for part in path:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
@@ -168,5 +166,5 @@ def load_settings(settings_file: str | Path | None = None, *, env: str | None = 
     try:
         resolved = _resolved(data, overrides or {}, dotenv_path)
     except ValidationError as exc:
-        raise _error(exc, lines, data) from None
+        raise validation_error(exc, lines) from None
     return InferlineSettings.model_validate(resolved.model_dump())
