@@ -19,8 +19,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "engines": ("engines", "list engine types and whether each can run here"),
     "models": ("models", "list packaged models and where they live; unpack them"),
     "config": ("config", "show the resolved settings (secrets masked)"),
-    "validate": ("validate", "check a pipeline file and the settings it needs"),
-    "run": ("run", "run a pipeline over a JSONL file"),
     "serve": ("serve", "serve an OpenAI-compatible gateway over chains and pipelines"),
 }
 
