@@ -15,11 +15,11 @@ from typing import Any
 
 import aiohttp
 from dependency_injector import containers, providers
-
 from inferline.engines.catalog import EngineCatalog
-from inferline.logging import configure_logging
 from inferline.pipelines.catalog import ChainCatalog
 from inferline.settings import InferlineSettings, load_settings
+
+from inferline.logging import configure_logging
 
 
 def _logging(settings: InferlineSettings) -> Iterator[None]:

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 import structlog
-
-from inferline.core.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
-from inferline.core.types import Conversation
 from inferline.engines._http import (
     LoopState,
     LoopStates,
@@ -45,10 +43,23 @@ from inferline.engines._http import (
     status_error,
     transport_error,
 )
-from inferline.engines._pool import iter_pool, run_pool
 from inferline.engines._pacing import backoff_delay
+from inferline.engines._pool import iter_pool, run_pool
 from inferline.engines._sse import iter_sse
-from inferline.engines.base import BaseInferenceEngine, Completion, RowResult, StreamChunk
+from inferline.engines.base import (
+    BaseInferenceEngine,
+    Completion,
+    RowResult,
+    StreamChunk,
+)
+
+from inferline.core.configs import (
+    GenerationParams,
+    InferenceConfig,
+    ModelParams,
+    RemoteParams,
+)
+from inferline.core.types import Conversation
 from inferline.errors import (
     ConfigurationError,
     EngineError,
@@ -116,23 +127,24 @@ class BaseRemoteEngine(BaseInferenceEngine):
     def _auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
 
+    @abstractmethod
     def _request_base(self, params: GenerationParams, *, stream: bool) -> Body:
         """The body fields shared by every conversation of one call (model, sampling)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _body(self, conversation: Conversation, base: Body) -> Body:
-        raise NotImplementedError
+        """One conversation's request body, on top of ``base``."""
 
+    @abstractmethod
     def _completion(self, body: Any) -> Completion:
         """Parse a 200 reply; raise ``KeyError``/``TypeError``/``IndexError`` on a bad shape."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _stream_event(self, event: str, data: str) -> StreamChunk | None:
         """One SSE event -> a chunk, or None to skip it; ``StreamEnd`` at the end marker.
 
         Raises an ``EngineError`` for an error event.
         """
-        raise NotImplementedError
 
     # -- lifecycle ----------------------------------------------------------------
 

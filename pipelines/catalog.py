@@ -10,10 +10,11 @@ import difflib
 from collections.abc import Mapping
 
 from inferline.engines.catalog import EngineCatalog
-from inferline.errors import ConfigurationError
 from inferline.pipelines.breaker import CircuitBreaker
 from inferline.pipelines.fallback import FallbackChain
 from inferline.settings.model import ChainSettings
+
+from inferline.errors import ConfigurationError
 
 
 class ChainCatalog:

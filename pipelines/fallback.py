@@ -17,10 +17,21 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import structlog
+from inferline.engines.base import (
+    BaseInferenceEngine,
+    Completion,
+    RowResult,
+    StreamChunk,
+)
+from inferline.pipelines.breaker import CircuitBreaker
+from inferline.settings.model import ChainSettings
 
-from inferline.core.configs import GenerationParams, InferenceConfig, InferenceEngineType
+from inferline.core.configs import (
+    GenerationParams,
+    InferenceConfig,
+    InferenceEngineType,
+)
 from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, Completion, RowResult, StreamChunk
 from inferline.errors import (
     AllEnginesFailedError,
     Attempt,
@@ -30,8 +41,6 @@ from inferline.errors import (
     FatalEngineError,
     InferlineError,
 )
-from inferline.pipelines.breaker import CircuitBreaker
-from inferline.settings.model import ChainSettings
 
 log = structlog.get_logger(__name__)
 

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from inferline.settings.model import InferlineSettings
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from inferline.errors import ConfigurationError
-from inferline.settings.model import InferlineSettings
 
 PACKAGED = Path(__file__).parent
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
