@@ -1,4 +1,5 @@
-"""Each engine's state for ``GET /ready``: loaded, available or unavailable (with the reason).
+"""Each engine's state for ``GET /ready``: loaded, available, circuit_open or unavailable (with
+the reason).
 
     body = await readiness(engines)
     # {"ready": true, "engines": {"local": {"state": "loaded"},
@@ -19,9 +20,18 @@ PREFLIGHT_TIMEOUT_S = 5.0
 SERVING_STATES = frozenset({"loaded", "available"})
 
 
-async def readiness(engines: Any) -> dict[str, Any]:
-    """The state of every engine, and whether any of them can serve."""
-    states = {name: await engine_state(engines, name) for name in engines.names()}
+async def readiness(engines: Any, breakers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The state of every engine, and whether any of them can serve.
+
+    ``breakers`` maps engine names to the fallback chains' circuit breakers.
+    """
+    breakers = breakers or {}
+    states = {}
+    for name in engines.names():
+        breaker = breakers.get(name)
+        states[name] = ({"state": "circuit_open", "reason": f"{breaker.failures} straight failures"}
+                        if breaker is not None and breaker.state == "open"
+                        else await engine_state(engines, name))
     ready = any(s["state"] in SERVING_STATES for s in states.values())
     return {"ready": ready, "engines": states}
 

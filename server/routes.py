@@ -10,8 +10,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-
-from inferline.errors import InferlineError
 from inferline.server.chat import (
     ENGINE_HEADER,
     chat_completions,
@@ -23,6 +21,8 @@ from inferline.server.errors import ApiError
 from inferline.server.gateway import GATEWAY
 from inferline.server.metrics import CONTENT_TYPE
 from inferline.server.readiness import readiness
+
+from inferline.errors import InferlineError
 
 
 async def run_pipeline(request: web.Request) -> web.Response:
@@ -71,7 +71,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """``GET /ready``: each engine's state; 503 when no engine can serve."""
     gw = request.app[GATEWAY]
-    body = await readiness(gw.engines)
+    body = await readiness(gw.engines, getattr(gw.chains, "breakers", None))
     return web.json_response(body, status=200 if body["ready"] else 503)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from inferline.server.gateway import GATEWAY
+from inferline.settings.model import EngineSettings, LogSettings
 from structlog.testing import capture_logs
 
 from inferline.core.configs import ModelParams
-from inferline.settings.model import EngineSettings, LogSettings
 from tests.fixtures.fault_server import Scenario
 from tests.fixtures.gateway import remote
 
@@ -39,6 +40,18 @@ async def test_ready_reports_each_engine_and_503_when_none_can_serve(gateway, fa
     status, body = await get(f"{alone.url}/ready")
     assert status == 503 and body["ready"] is False
     assert (await get(f"{alone.url}/health"))[0] == 200
+
+
+async def test_ready_reports_an_open_circuit(gateway, fault_server) -> None:
+    gw = await gateway({"echo": remote(fault_server.url(Scenario())),
+                        "other": remote(fault_server.url(Scenario()))},
+                       chains={"c": ["echo", "other"]})
+    breaker = gw.app[GATEWAY].chains.get("c").breaker(gw.engines.get("echo"))
+    for _ in range(breaker.failure_threshold):
+        breaker.record(ok=False)
+    status, body = await get(f"{gw.url}/ready")
+    assert status == 200 and body["engines"]["echo"]["state"] == "circuit_open"
+    assert body["engines"]["other"]["state"] == "available"
 
 
 async def test_models_lists_chains_and_engines(gateway, fault_server) -> None:
