@@ -115,9 +115,26 @@ def status_error(status: int, body: bytes, retry_after_header: str | None, *,
                             retry_after=retry_after(retry_after_header))
 
 
+#: aiohttp's error for a TCP connect that outlived ``sock_connect`` (3.10+; older: a
+#: ServerTimeoutError whose message starts "Connection timeout")
+_CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None)
+
+
+def _is_connect_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECT_TIMEOUT) or (
+        isinstance(exc, aiohttp.ServerTimeoutError) and str(exc).startswith("Connection timeout"))
+
+
 def transport_error(exc: BaseException, *, engine: str, timeout_s: float,
-                    scrub: Scrub) -> RetryableEngineError:
-    """A timeout or connection failure (refused, reset, DNS) as a retryable error."""
+                    scrub: Scrub, connect_timeout_s: float | None = None) -> RetryableEngineError:
+    """A timeout or connection failure (refused, reset, DNS) as a retryable error.
+
+    A connect that timed out names ``connect_timeout``, not the whole-request limit.
+    """
+    if connect_timeout_s is not None and _is_connect_timeout(exc):
+        return RetryableEngineError(f"could not connect within {connect_timeout_s:g}s "
+                                    "(remote_params.connect_timeout)", engine=engine)
     if isinstance(exc, asyncio.TimeoutError):
         return RetryableEngineError(f"no complete reply within {timeout_s:g}s "
                                     "(remote_params.connection_timeout)", engine=engine)

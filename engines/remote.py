@@ -244,7 +244,8 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     def _transport_error(self, exc: BaseException) -> RetryableEngineError:
         return transport_error(exc, engine=self.name, scrub=self._scrub,
-                               timeout_s=self.remote_params.connection_timeout)
+                               timeout_s=self.remote_params.connection_timeout,
+                               connect_timeout_s=self.remote_params.connect_timeout)
 
     def _event_error(self, err: Any) -> EngineError:
         """An error object inside a 200 reply or stream (see ``_http.body_error``)."""
