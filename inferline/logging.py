@@ -29,10 +29,12 @@ class RedactSecrets:
         for key, value in event.items():
             if any(s in key.lower() for s in _SECRET_FIELDS):
                 event[key] = "***"
-            elif isinstance(value, str):
-                for secret in secrets:
-                    value = value.replace(secret, "***")
-                event[key] = value
+            elif secrets and not isinstance(value, (bool, int, float, type(None))):
+                text = value if isinstance(value, str) else str(value)  # errors, lists, dicts
+                if any(secret in text for secret in secrets):
+                    for secret in secrets:
+                        text = text.replace(secret, "***")
+                    event[key] = text
         return event
 
 
@@ -41,7 +43,9 @@ def configure_logging(settings: LogSettings, secret_env_vars: Iterable[str] = ()
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso"), RedactSecrets(secret_env_vars),
+                    structlog.processors.TimeStamper(fmt="iso"),
+                    # tracebacks become text before redaction, so a key in one is masked too
+                    structlog.processors.format_exc_info, RedactSecrets(secret_env_vars),
                     renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(settings.level.upper())),
