@@ -30,9 +30,12 @@ def test_local_examples() -> None:
             model_name="meta-llama/Meta-Llama-3.1-8B-Instruct",
             model_kwargs={"device_map": "auto", "torch_dtype": "float16"})),
     ]
+    # "4-bit Quantization": the seed builds only these params; an engine takes them as they are
+    model_params = ModelParams(model_kwargs={"load_in_4bit": True})
+    engines.append(NativeTextInferenceEngine(model_params))
     for engine in engines:
         assert {"max_new_tokens", "temperature", "top_p"} <= engine.get_supported_params()
-    assert ModelParams(model_kwargs={"load_in_4bit": True}).model_kwargs == {"load_in_4bit": True}
+    assert engines[-1].options.load_in_4bit is True
 
 
 def test_remote_and_cloud_examples() -> None:
