@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -24,6 +25,24 @@ def test_wheel_holds_only_the_inferline_package(tmp_path: Path) -> None:
                    "settings/loader.py", "settings/defaults.yaml", "settings/profiles/prod.yaml",
                    "server/app.py", "cli/infer.py", "py.typed"):
         assert f"inferline/{module}" in names
+    # `pip install .`: the installed copy (not this checkout) imports, finds its packaged
+    # settings and runs the CLI from a directory that holds no source
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(wheel)], check=True, timeout=300)
+    code = ("import inferline, inferline.engines.base, inferline.containers;"
+            "from inferline.settings import load_settings;"
+            "print(inferline.__file__); print(load_settings().chains['default'].engines)")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(str(site))
+    assert "local_llamacpp" in out.stdout.splitlines()[1]
+    cli = subprocess.run([sys.executable, "-m", "inferline", "engines"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "LLAMACPP" in cli.stdout, cli.stderr
 
 
 def test_editable_install_imports_layers_from_any_directory(tmp_path: Path) -> None:
