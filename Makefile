@@ -1,4 +1,5 @@
-# make run   - set up .venv and answer the bundled questions through the default fallback chain
+# make run   - set up .venv and run the example pipeline (capital-quiz) over examples/countries.jsonl
+#              through the default fallback chain (local vLLM -> llama.cpp -> OpenAI)
 # make test  - set up .venv and run the test suite
 # make bench - run the benchmarks under bench/ (figures in README.md)
 .PHONY: setup run test bench
@@ -7,8 +8,9 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	.venv/bin/inferline infer --chain default --system "Answer in one short sentence." \
-		< examples/questions.txt
+	.venv/bin/inferline run capital-quiz --input examples/countries.jsonl \
+		--output out/capital-quiz.jsonl --restart
+	.venv/bin/python scripts/show.py out/capital-quiz.jsonl country answer
 
 test: setup
 	.venv/bin/pytest

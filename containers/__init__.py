@@ -1,4 +1,5 @@
-"""The application container: composes settings, logging, one HTTP session and the catalogs.
+"""The application container: composes settings, logging, one HTTP session and the catalogs
+of engines, chains and pipelines.
 
 Entry points (CLI, gateway) build it; domain code receives what it needs.
 
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 from dependency_injector import containers, providers
 from inferline.engines.catalog import EngineCatalog
-from inferline.pipelines.catalog import ChainCatalog
+from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
 from inferline.settings import InferlineSettings, load_settings
 
 from inferline.logging import configure_logging
@@ -43,7 +44,7 @@ class Container(containers.DeclarativeContainer):
     engines = providers.Singleton(EngineCatalog, settings.provided.engines,
                                   overrides=engine_overrides)
     chains = providers.Singleton(ChainCatalog, settings.provided.chains, engines)
-    pipelines = providers.Object(None)
+    pipelines = providers.Singleton(PipelineCatalog, settings.provided.pipelines, chains)
 
 
 def build_container(settings_file: str | Path | None = None, *, env: str | None = None,

@@ -6,7 +6,8 @@ these, with ``raise OurError(...) from exc``::
     InferlineError
     ├── ConfigurationError            bad settings, config, pipeline or flag (file, line, key)
     │   └── UnsupportedParameterError an engine cannot honour a generation parameter
-    ├── TemplateError                 a Jinja2 template failed to compile or render
+    ├── TemplateError                 a prompt template failed to render for a row
+    ├── InputError                    an input row is malformed or lacks a declared field
     ├── OutputValidationError         a post-processor rejected a model's output
     ├── EngineError                   an engine call failed (engine, status)
     │   ├── RetryableEngineError      timeouts, connection refused, 408/409/429/5xx, model busy
@@ -69,7 +70,14 @@ class UnsupportedParameterError(ConfigurationError):
 
 
 class TemplateError(InferlineError):
-    """A prompt template failed to compile or render; names the template and line."""
+    """A prompt template failed to render for a row; names the template.
+
+    (A template that does not compile is a ``ConfigurationError`` with file and line.)
+    """
+
+
+class InputError(InferlineError):
+    """An input row is malformed or lacks a field the pipeline declares."""
 
 
 class OutputValidationError(InferlineError):

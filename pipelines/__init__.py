@@ -1,1 +1,16 @@
-"""inferline.pipelines."""
+"""inferline.pipelines: fallback chains, and declarative pipelines over them.
+
+    from inferline.pipelines import Pipeline, PipelineBuilder
+    pipeline = Pipeline.from_yaml("capital-quiz.yaml")
+    pipeline.run({"country": "France"})["answer"]
+"""
+
+from inferline.pipelines.breaker import CircuitBreaker
+from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
+from inferline.pipelines.fallback import FallbackChain
+from inferline.pipelines.pipeline import Pipeline, RowOutcome
+from inferline.pipelines.runner import Summary, arun_file
+from inferline.pipelines.spec import PipelineBuilder, PipelineSpec
+
+__all__ = ["ChainCatalog", "CircuitBreaker", "FallbackChain", "Pipeline", "PipelineBuilder",
+           "PipelineCatalog", "PipelineSpec", "RowOutcome", "Summary", "arun_file"]

@@ -1,20 +1,25 @@
-"""Named fallback chains from settings, sharing engines and circuit breakers.
+"""Named fallback chains and pipelines from settings, sharing engines and circuit breakers.
 
     chains = ChainCatalog(settings.chains, EngineCatalog(settings.engines))
     chain = chains.get("default")
+    chain = chains.inline(["local_llamacpp", "openai"])   # a pipeline's inline list
+
+A member that names another chain is replaced by that chain's engines.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from pathlib import Path
 
 from inferline.engines.catalog import EngineCatalog
+from inferline.errors import ConfigurationError
 from inferline.pipelines.breaker import CircuitBreaker
 from inferline.pipelines.fallback import FallbackChain
-from inferline.settings.model import ChainSettings
-
-from inferline.errors import ConfigurationError
+from inferline.pipelines.pipeline import Pipeline
+from inferline.pipelines.spec import PipelineSpec
+from inferline.settings.model import ChainSettings, PipelineSettings, expand_chain
 
 
 class ChainCatalog:
@@ -32,6 +37,68 @@ class ChainCatalog:
             if spec is None:
                 hint = next(iter(difflib.get_close_matches(name, self.names(), 1)), None)
                 raise ConfigurationError(f"unknown chain {name!r}", key="chains", hint=hint)
-            members = [self.engines.get(n) for n in spec.engines]
-            self._built[name] = FallbackChain(name, members, spec, self.breakers)
+            self._built[name] = self._chain(name, spec)
         return self._built[name]
+
+    def inline(self, members: list[str]) -> FallbackChain:
+        """A chain over ``members`` (engine or chain names), with the default chain settings."""
+        name = "[" + ", ".join(members) + "]"
+        if name not in self._built:
+            self._built[name] = self._chain(name, ChainSettings(engines=members))
+        return self._built[name]
+
+    def _chain(self, name: str, spec: ChainSettings) -> FallbackChain:
+        known = {n: None for n in self.engines.names()}
+        try:
+            engines = expand_chain(name, {**self.specs, name: spec}, known)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc), key=f"chains.{name}") from None
+        return FallbackChain(name, [self.engines.get(n) for n in engines], spec, self.breakers)
+
+
+class PipelineCatalog:
+    """Pipelines by name: YAML files in ``settings.dirs`` (first wins), then the packaged
+    examples. Each is built once, over the shared chains.
+
+    pipelines = PipelineCatalog(settings.pipelines, chains)
+    pipelines.get("capital-quiz"); pipelines.load("my/pipeline.yaml")
+    """
+
+    EXAMPLES = Path(__file__).parent / "examples"
+
+    def __init__(self, settings: PipelineSettings, chains: ChainCatalog) -> None:
+        self.settings, self.chains = settings, chains
+        self._paths: dict[str, Path] | None = None
+        self._built: dict[str, Pipeline] = {}
+
+    def paths(self) -> dict[str, Path]:
+        """Pipeline name -> file, read once."""
+        if self._paths is None:
+            self._paths = {}
+            for folder in [*map(Path, self.settings.dirs), self.EXAMPLES]:
+                for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+                    self._paths.setdefault(PipelineSpec.from_yaml(path).name, path)
+        return self._paths
+
+    def names(self) -> list[str]:
+        return list(self.paths())
+
+    def get(self, name: str) -> Pipeline:
+        if name not in self._built:
+            path = self.paths().get(name)
+            if path is None:
+                hint = next(iter(difflib.get_close_matches(name, self.names(), 1)), None)
+                raise ConfigurationError(f"unknown pipeline {name!r} (known: "
+                                         f"{', '.join(self.names()) or 'none'})", hint=hint)
+            self._built[name] = self._build(path)
+        return self._built[name]
+
+    def load(self, name_or_path: str) -> Pipeline:
+        """A pipeline file, or a pipeline by name."""
+        if Path(name_or_path).suffix in (".yaml", ".yml") or Path(name_or_path).is_file():
+            return self._build(Path(name_or_path))
+        return self.get(name_or_path)
+
+    def _build(self, path: Path) -> Pipeline:
+        return Pipeline(PipelineSpec.from_yaml(path), self.chains,
+                        allowed_modules=self.settings.allowed_modules)

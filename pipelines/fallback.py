@@ -79,6 +79,13 @@ class FallbackChain(BaseInferenceEngine):
             return self.unavailable[engine.name]
         return None if self.breaker(engine).allow() else "circuit open"
 
+    def plan(self) -> dict[str, str | None]:
+        """Each engine's reason to be skipped now, or None if it would be tried.
+
+        Runs only the cheap preflight (no load); an unavailable engine is logged once.
+        """
+        return {engine.name: self._skip_reason(engine) for engine in self._candidates()}
+
     def _moves_on(self, error: InferlineError) -> bool:
         kinds = self.settings.fallback_on
         if isinstance(error, EngineUnavailableError):

@@ -22,6 +22,7 @@ from inferline.errors import (
     EngineUnavailableError,
     FatalEngineError,
     InferlineError,
+    InputError,
     OutputValidationError,
     TemplateError,
     UnsupportedParameterError,
@@ -68,6 +69,8 @@ def api_error_for(exc: InferlineError) -> ApiError:
         return _engine_error(exc)
     if isinstance(exc, TemplateError):
         return ApiError(400, str(exc), code="template_error")
+    if isinstance(exc, InputError):
+        return ApiError(400, str(exc), code="invalid_input")
     if isinstance(exc, OutputValidationError):
         return ApiError(502, str(exc), code="output_invalid")
     if isinstance(exc, ConfigurationError):  # the server's own settings are wrong

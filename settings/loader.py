@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from inferline.settings.model import InferlineSettings
+from inferline.settings.model import InferlineSettings, chain_members, expand_chain
 from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -65,7 +65,7 @@ def read_yaml(path: str | Path, lines: Lines) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"cannot read settings file ({exc.strerror})", file=file) from exc
+        raise ConfigurationError(f"cannot read file ({exc.strerror})", file=file) from exc
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -127,29 +127,43 @@ def validation_error(exc: ValidationError, lines: Lines, root: Any = InferlineSe
 
 
 def _known_keys(model: Any, path: tuple[str, ...]) -> list[str]:
-    """Field names of the pydantic model found at ``path`` below ``model`` (dict keys skipped)."""
+    """Field names of the pydantic model found at ``path`` below ``model`` (dict keys and
+    list indices skipped)."""
     for part in path:
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            continue
-        ann = field.annotation
-        args = [a for a in getattr(ann, "__args__", ()) if hasattr(a, "model_fields")]
-        model = ann if hasattr(ann, "model_fields") else (args[-1] if args else model)
+        if field is not None:
+            model = _model_in(field.annotation) or model
     return list(getattr(model, "model_fields", {}))
 
 
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation such as ``list[Step] | None``, if any."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in reversed(getattr(annotation, "__args__", ())):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
 def _check_chains(data: dict[str, Any], lines: Lines) -> None:
-    engines = list(data.get("engines") or {})
-    for name, chain in (data.get("chains") or {}).items():
-        members = chain.get("engines", []) if isinstance(chain, dict) else chain or []
+    """Every chain member names an engine or another chain, and no chain contains itself."""
+    engines, chains = data.get("engines") or {}, data.get("chains") or {}
+    known = [*engines, *chains]
+    for name, chain in chains.items():
         prefix = ("chains", name, "engines") if isinstance(chain, dict) else ("chains", name)
-        for i, engine in enumerate(members):
-            if engine not in engines:
+        for i, member in enumerate(chain_members(chain)):
+            if member not in known:
                 file, line = lines.get((*prefix, str(i)), (None, None))
-                hint = next(iter(difflib.get_close_matches(str(engine), engines, 1)), None)
-                raise ConfigurationError(f"chain {name!r} names unknown engine {engine!r}",
+                hint = next(iter(difflib.get_close_matches(str(member), known, 1)), None)
+                raise ConfigurationError(f"chain {name!r} names unknown engine {member!r}",
                                          file=file, line=line, key=".".join((*prefix, str(i))),
                                          hint=hint)
+        try:
+            expand_chain(name, chains, engines)
+        except ValueError as exc:
+            file, line = lines.get(("chains", name), (None, None))
+            raise ConfigurationError(str(exc), file=file, line=line, key=f"chains.{name}") from None
 
 
 def load_settings(settings_file: str | Path | None = None, *, env: str | None = None,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -45,11 +46,15 @@ class CircuitBreakerSettings(_Section):
     cooldown_s: float = Field(default=30.0, ge=0)  # open this long, then one trial call
 
 
-FallbackOn = Literal["unavailable", "retryable", "fatal", "output_invalid"]
+FallbackOn = Literal["unavailable", "retryable", "fatal"]
 
 
 class ChainSettings(_Section):
-    """Engines tried in order. Written as a plain list or as this mapping."""
+    """Engines tried in order. Written as a plain list or as this mapping.
+
+    A member may also name another chain, whose engines take its place
+    (``default: [local, openai]`` with ``local: [local_vllm, local_llamacpp]``).
+    """
 
     engines: list[str] = Field(min_length=1)
     fallback_on: list[FallbackOn] = ["unavailable", "retryable"]
@@ -98,9 +103,36 @@ class InferlineSettings(_Section):
     @model_validator(mode="after")
     def _chains_name_engines(self) -> InferlineSettings:
         for chain_name, chain in self.chains.items():
-            for engine in chain.engines:
-                if engine not in self.engines:
-                    raise ValueError(f"chain {chain_name!r} names unknown engine {engine!r}")
             if len(set(chain.engines)) != len(chain.engines):
                 raise ValueError(f"chain {chain_name!r} lists an engine twice")
+            expand_chain(chain_name, self.chains, self.engines)
         return self
+
+
+def expand_chain(name: str, chains: Mapping[str, Any], engines: Mapping[str, Any],
+                 _path: tuple[str, ...] = ()) -> list[str]:
+    """The engine names of chain ``name``, with member chains expanded in place.
+
+    Raises ``ValueError`` for an unknown member or a cycle (``a -> b -> a``). An
+    engine reached twice through member chains is tried once, at its first place.
+    """
+    if name in _path:
+        raise ValueError(f"chain {_path[0]!r} is cyclic: {' -> '.join((*_path, name))}")
+    out: list[str] = []
+    for member in chain_members(chains[name]):
+        if member in engines:
+            out.append(member)
+        elif member in chains:
+            out.extend(expand_chain(member, chains, engines, (*_path, name)))
+        else:
+            raise ValueError(f"chain {name!r} names unknown engine or chain {member!r}")
+    return list(dict.fromkeys(out))
+
+
+def chain_members(chain: Any) -> list[str]:
+    """A chain's member names, from a ``ChainSettings`` or its raw YAML (list or mapping)."""
+    if isinstance(chain, ChainSettings):
+        return chain.engines
+    if isinstance(chain, dict):
+        return list(chain.get("engines") or [])
+    return list(chain or [])

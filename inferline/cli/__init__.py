@@ -16,6 +16,8 @@ from inferline.errors import ConfigurationError, InferlineError, TemplateError
 #: name -> (module under inferline.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("infer", "run an engine on prompts, a JSONL file, or interactively"),
+    "run": ("run", "run a pipeline over a JSONL file (resumable)"),
+    "validate": ("validate", "check a pipeline and the settings it needs, without running it"),
     "engines": ("engines", "list engine types and whether each can run here"),
     "models": ("models", "list packaged models and where they live; unpack them"),
     "config": ("config", "show the resolved settings (secrets masked)"),

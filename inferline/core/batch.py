@@ -82,13 +82,13 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress(total: int, done: int) -> Any:
+def progress_bar(total: int, done: int, desc: str = "inferring") -> Any:
     """A tqdm bar on stderr when it is a terminal; otherwise one that draws nothing."""
     if not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, unit="row", desc="inferring", dynamic_ncols=True)
+    return tqdm(total=total, initial=done, unit="row", desc=desc, dynamic_ncols=True)
 
 
 async def ainfer_files(engine: BaseInferenceEngine, conversations: Sequence[Conversation] | None,
@@ -110,7 +110,7 @@ async def ainfer_files(engine: BaseInferenceEngine, conversations: Sequence[Conv
         todo = [i for i in range(len(conversations)) if i not in out.done]
         tagged = [conversations[i].model_copy(
             update={"metadata": {**conversations[i].metadata, ROW_KEY: i}}) for i in todo]
-        bar = _progress(len(conversations), len(conversations) - len(todo))
+        bar = progress_bar(len(conversations), len(conversations) - len(todo))
         async for result in engine.aiter_results(tagged, config):
             row = todo[result.index]
             bar.update(1)

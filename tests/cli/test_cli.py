@@ -41,7 +41,7 @@ def test_help_lists_commands() -> None:
     (["infer", "--engine", "NOPE"], "engine: Input should be"),
     (["infer", "--engine", "LLAMACPP", "--generation.max_new_tokens"],
      "flag --generation.max_new_tokens needs a value"),
-    (["config", "show", "--settings", "/nonexistent.yaml"], "cannot read settings file"),
+    (["config", "show", "--settings", "/nonexistent.yaml"], "cannot read file"),
     (["bogus"], "invalid choice: 'bogus'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

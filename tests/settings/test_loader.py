@@ -71,5 +71,5 @@ def test_chain_with_unknown_engine(tmp_path: Path) -> None:
 def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"s.yaml:2: invalid YAML"):
         load_settings(_write(tmp_path, "s.yaml", "a: 1\n  b: [\n"))
-    with pytest.raises(ConfigurationError, match="cannot read settings file"):
+    with pytest.raises(ConfigurationError, match="cannot read file"):
         load_settings(tmp_path / "missing.yaml")

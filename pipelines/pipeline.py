@@ -1,0 +1,201 @@
+"""A pipeline: a checked ``PipelineSpec`` turned into steps over shared fallback chains.
+
+    pipeline = Pipeline.from_yaml("capital-quiz.yaml")           # settings from the profile
+    await pipeline.arun({"country": "France"})                  # {"country": ..., "answer": "Paris", "_meta": {...}}
+    pipeline.run_batch([{"country": "France"}, {"country": "Peru"}])   # a RowOutcome per row
+
+Building checks everything that needs no engine call: template syntax and
+variables (only declared input fields and earlier outputs), chain and engine
+names, step order, post-processor options and allowed modules. Every error
+names the file, line and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inferline.core.configs import InferenceConfig
+from inferline.core.portal import portal
+from inferline.errors import ConfigurationError, InferlineError, InputError
+from inferline.pipelines.fallback import FallbackChain
+from inferline.pipelines.postprocess import build_processor
+from inferline.pipelines.spec import GenerateSpec, PipelineSpec, TemplateSpec
+from inferline.pipelines.steps import GenerateStep, PostprocessStep, RowState, TemplateStep
+from inferline.pipelines.template import PromptTemplate
+
+if TYPE_CHECKING:
+    from inferline.pipelines.catalog import ChainCatalog
+    from inferline.settings.model import InferlineSettings
+
+META = "_meta"  # output key with served_by, attempts and usage
+
+
+@dataclass
+class RowOutcome:
+    """One row's result: the output row, or the error that stopped it."""
+
+    index: int
+    output: dict[str, Any] | None = None
+    error: InferlineError | None = None
+    served_by: list[str] = field(default_factory=list)  # one engine per generate call
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, spec: PipelineSpec, chains: ChainCatalog, *,
+                 allowed_modules: Sequence[str] = ()) -> None:
+        self.spec, self.name = spec, spec.name
+        self.chains: list[FallbackChain] = []  # the chains its generate steps use
+        self.steps = _compile(spec, chains, allowed_modules, self.chains)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, chains: ChainCatalog | None = None,
+                  settings: InferlineSettings | None = None) -> Pipeline:
+        """Read and check ``path``; chains default to those of ``settings`` (or the profile's)."""
+        if settings is None:
+            from inferline.settings import load_settings
+
+            settings = load_settings()
+        if chains is None:
+            from inferline.engines.catalog import EngineCatalog
+            from inferline.pipelines.catalog import ChainCatalog
+
+            chains = ChainCatalog(settings.chains, EngineCatalog(settings.engines))
+        return cls(PipelineSpec.from_yaml(path), chains,
+                   allowed_modules=settings.pipelines.allowed_modules)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, steps={[type(s).__name__ for s in self.steps]})"
+
+    # -- running ----------------------------------------------------------------
+
+    async def arun_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[RowOutcome]:
+        """Every row through every step; a failed row keeps its error, the others go on."""
+        states = [self._state(i, row) for i, row in enumerate(rows)]
+        for step in self.steps:
+            await step(states)
+        return [self._outcome(s) for s in states]
+
+    async def arun(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """One row's output, or its error raised."""
+        [outcome] = await self.arun_batch([row])
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.output is not None
+        return outcome.output
+
+    def run_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[RowOutcome]:
+        return portal.run(self.arun_batch(rows))
+
+    def run(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return portal.run(self.arun(row))
+
+    def _state(self, index: int, row: Any) -> RowState:
+        if not isinstance(row, Mapping):
+            state = RowState(index, {})
+            state.error = InputError(f"row {index}: expected a JSON object, got "
+                                     f"{type(row).__name__}")
+            return state
+        state = RowState(index, dict(row))
+        missing = [f for f in self.spec.input.fields if f not in row]
+        if missing:
+            state.error = InputError(f"row {index}: missing input field(s) "
+                                     f"{', '.join(map(repr, missing))} (pipeline {self.name!r})")
+        return state
+
+    def _outcome(self, state: RowState) -> RowOutcome:
+        if state.error is not None:
+            return RowOutcome(state.index, error=state.error, served_by=state.served_by,
+                              usage=state.usage)
+        meta = {"served_by": state.served_by[-1], "attempts": state.attempts,
+                "usage": state.usage}
+        return RowOutcome(state.index, {**state.fields, META: meta}, served_by=state.served_by,
+                          usage=state.usage)
+
+
+def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str],
+             used: list[FallbackChain]) -> list[Any]:
+    """The spec's steps, built and cross-checked; ``used`` collects their chains."""
+    known, steps = set(spec.input.fields), []
+    last_generate: GenerateStep | None = None
+    prompt_ready = False
+    for i, step in enumerate(spec.steps):
+        where = ("steps", i, step.kind)
+        if step.template is not None:
+            steps.append(_template(spec, step.template, known, where))
+            prompt_ready = True
+        elif step.generate is not None:
+            if not prompt_ready:
+                raise spec.error("a generate step needs a template step before it", *where)
+            last_generate = _generate(spec, step.generate, chains, where)
+            used.append(last_generate.chain)  # type: ignore[arg-type]
+            known.add(last_generate.output)
+            steps.append(last_generate)
+            prompt_ready = False
+        else:
+            if last_generate is None:
+                raise spec.error("a postprocess step needs a generate step before it", *where)
+            steps.append(_postprocess(spec, step.postprocess or [], last_generate,
+                                      allowed_modules, where))
+    if last_generate is None:
+        raise spec.error("a pipeline needs at least one generate step", "steps")
+    if spec.output not in known - set(spec.input.fields):
+        raise spec.error(f"no generate step writes the output field {spec.output!r}", "output")
+    return steps
+
+
+def _template(spec: PipelineSpec, tpl: TemplateSpec, known: set[str],
+              where: tuple[Any, ...]) -> TemplateStep:
+    compiled = {}
+    for key in ("system", "user"):
+        source = getattr(tpl, key)
+        if source is None:
+            continue
+        compiled[key] = PromptTemplate(source, name=".".join(map(str, (*where, key))),
+                                       error=lambda m, k=key: spec.error(m, *where, k))
+        for name in sorted(compiled[key].variables - known):
+            hint = next(iter(difflib.get_close_matches(name, sorted(known), 1)), None)
+            declared = ", ".join(sorted(known)) or "none"
+            raise spec.error(f"template uses {name!r}, which is neither a declared input field "
+                             f"nor an earlier output (known: {declared})", *where, key, hint=hint)
+    return TemplateStep(compiled["user"], compiled.get("system"))
+
+
+def _generate(spec: PipelineSpec, gen: GenerateSpec, chains: ChainCatalog,
+              where: tuple[Any, ...]) -> GenerateStep:
+    known = [*chains.names(), *chains.engines.names()]
+    if gen.chain is not None:
+        if gen.chain not in chains.names():
+            hint = next(iter(difflib.get_close_matches(gen.chain, chains.names(), 1)), None)
+            raise spec.error(f"unknown chain {gen.chain!r}", *where, "chain", hint=hint)
+        chain = chains.get(gen.chain)
+    else:
+        members = gen.engines or []
+        for j, member in enumerate(members):
+            if member not in known:
+                hint = next(iter(difflib.get_close_matches(member, known, 1)), None)
+                raise spec.error(f"unknown engine or chain {member!r}", *where, "engines", j,
+                                 hint=hint)
+        if len(set(members)) != len(members):
+            raise spec.error("an engine is listed twice", *where, "engines")
+        chain = chains.inline(members)
+    return GenerateStep(chain, InferenceConfig(generation=gen.generation),
+                        gen.output or spec.output)
+
+
+def _postprocess(spec: PipelineSpec, processors: Sequence[Any], generate: GenerateStep,
+                 allowed_modules: Sequence[str], where: tuple[Any, ...]) -> PostprocessStep:
+    built = []
+    for j, proc in enumerate(processors):
+        try:
+            built.append(build_processor(proc, name=f"{'.'.join(map(str, where))}.{j}",
+                                         allowed_modules=allowed_modules))
+        except ConfigurationError as exc:
+            raise spec.error(exc.message, *where, j,
+                             *(exc.key.split(".") if exc.key else ())) from None
+    reask = max((getattr(p.options, "reask", 0) for p in processors), default=0)
+    return PostprocessStep(built, generate, reask)

@@ -1,0 +1,124 @@
+"""Pipeline steps. Each is a callable with one signature, ``await step(rows)``, that works on
+the rows still alive and records a row's failure on the row, so other rows go on.
+
+    TemplateStep   renders the prompt (system + user) from the row's fields
+    GenerateStep   runs the prompts through a fallback chain, in one batched call
+    PostprocessStep applies processors to the last generated field; may re-ask the chain
+
+A whole batch goes through a step at once, so local engines batch and remote
+engines fill their ``num_workers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferline.core.configs import InferenceConfig
+from inferline.core.types import Conversation, Message, Role
+from inferline.engines.base import BaseInferenceEngine
+from inferline.errors import InferlineError, OutputValidationError
+from inferline.pipelines.postprocess import Processor
+from inferline.pipelines.template import PromptTemplate
+
+REASK = ("Your answer was not valid ({error}). Answer again, following the instructions "
+         "exactly, with nothing else.")
+
+
+@dataclass
+class RowState:
+    """One row on its way through the steps."""
+
+    index: int
+    fields: dict[str, Any]  # the input row, plus each generated field
+    prompt: Conversation | None = None  # from the last template step
+    conversation: Conversation | None = None  # the last generate step's output
+    target: str | None = None  # the field the last generate step wrote
+    served_by: list[str] = field(default_factory=list)  # one engine per generate call
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    error: InferlineError | None = None
+
+    def record(self, output: str, conversation: Conversation) -> None:
+        meta = conversation.metadata
+        self.fields[output] = conversation.messages[-1].text
+        self.conversation, self.target = conversation, output
+        self.served_by.append(meta.get("served_by") or meta.get("engine") or "")
+        self.attempts.extend(meta.get("attempts") or [])
+        for key, count in (meta.get("usage") or {}).items():
+            self.usage[key] = self.usage.get(key, 0) + count
+
+
+def alive(rows: Sequence[RowState]) -> list[RowState]:
+    return [r for r in rows if r.error is None]
+
+
+class TemplateStep:
+    def __init__(self, user: PromptTemplate, system: PromptTemplate | None) -> None:
+        self.user, self.system = user, system
+
+    async def __call__(self, rows: Sequence[RowState]) -> None:
+        for row in alive(rows):
+            try:
+                messages = [Message.model_construct(role=Role.USER,
+                                                    content=self.user.render(row.fields))]
+                if self.system is not None:
+                    messages.insert(0, Message.model_construct(
+                        role=Role.SYSTEM, content=self.system.render(row.fields)))
+            except InferlineError as exc:
+                row.error = exc
+                continue
+            row.prompt = Conversation.model_construct(messages=messages, metadata={})
+
+
+class GenerateStep:
+    def __init__(self, chain: BaseInferenceEngine, config: InferenceConfig, output: str) -> None:
+        self.chain, self.config, self.output = chain, config, output
+
+    async def __call__(self, rows: Sequence[RowState]) -> None:
+        live = alive(rows)
+        await self.generate(live, [r.prompt for r in live])  # type: ignore[misc]
+
+    async def generate(self, rows: Sequence[RowState], prompts: Sequence[Conversation]) -> None:
+        """Run ``prompts[i]`` for ``rows[i]``; each row gets its answer or its error."""
+        async for result in self.chain.aiter_results(prompts, self.config):
+            row = rows[result.index]
+            if result.error is not None:
+                row.error = result.error
+            else:
+                assert result.conversation is not None
+                row.record(self.output, result.conversation)
+
+
+class PostprocessStep:
+    """Processors in order on the last generated field. With ``reask`` > 0, a row whose
+    output is invalid is sent back to the same chain with the error, that many times."""
+
+    def __init__(self, processors: Sequence[Processor], generate: GenerateStep, reask: int) -> None:
+        self.processors, self.generate, self.reask = list(processors), generate, reask
+
+    async def __call__(self, rows: Sequence[RowState]) -> None:
+        pending = alive(rows)
+        for turn in range(self.reask + 1):
+            invalid = [(row, err) for row in pending if (err := self._apply(row)) is not None]
+            if not invalid or turn == self.reask:
+                for row, err in invalid:
+                    row.error = err
+                return
+            pending = [row for row, _ in invalid]
+            await self.generate.generate(pending, [
+                row.conversation.append(  # type: ignore[union-attr]
+                    Message.model_construct(role=Role.USER, content=REASK.format(error=err)))
+                for row, err in invalid])
+            pending = alive(pending)
+
+    def _apply(self, row: RowState) -> OutputValidationError | None:
+        value = row.fields[row.target]  # type: ignore[index]
+        try:
+            for process in self.processors:
+                value = process(value)
+        except OutputValidationError as exc:
+            return exc
+        row.fields[row.target] = value  # type: ignore[index]
+        return None
