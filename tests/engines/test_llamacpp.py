@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from inferline.core.configs import GenerationParams, ModelParams
 from inferline.engines.llamacpp import LlamaCppInferenceEngine
@@ -112,3 +114,18 @@ async def test_prompt_longer_than_context_is_fatal_and_rows_are_kept(
                                             check.config(max_new_tokens=16, batch_size=1))
     assert "Paris" in ok.conversation.last_message().text
     assert isinstance(bad.error, FatalEngineError)
+
+
+@pytest.mark.slow
+async def test_loads_lazily_and_once_under_concurrent_first_calls(smollm_gguf: Path) -> None:
+    with capture_logs() as logs:
+        engine = LlamaCppInferenceEngine(ModelParams(model_name=str(smollm_gguf)),
+                                         generation_params=GenerationParams(max_new_tokens=4))
+        assert not engine.describe()["loaded"] and not logs  # construction loads nothing
+        try:
+            outs = await asyncio.gather(*(engine.ainfer([Conversation.from_prompt(f"Count {i}")])
+                                          for i in range(3)))
+        finally:
+            await engine.aclose()
+    assert [len(o) for o in outs] == [1, 1, 1]
+    assert [e["event"] for e in logs].count("engine_loaded") == 1
