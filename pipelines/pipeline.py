@@ -97,14 +97,13 @@ class Pipeline:
     def _state(self, index: int, row: Any) -> RowState:
         if not isinstance(row, Mapping):
             state = RowState(index, {})
-            state.error = InputError(f"row {index}: expected a JSON object, got "
-                                     f"{type(row).__name__}")
+            state.error = InputError(f"expected a JSON object, got {type(row).__name__}")
             return state
         state = RowState(index, dict(row))
         missing = [f for f in self.spec.input.fields if f not in row]
         if missing:
-            state.error = InputError(f"row {index}: missing input field(s) "
-                                     f"{', '.join(map(repr, missing))} (pipeline {self.name!r})")
+            state.error = InputError(f"missing input field(s) {', '.join(map(repr, missing))} "
+                                     f"(pipeline {self.name!r})")
         return state
 
     def _outcome(self, state: RowState) -> RowOutcome:

@@ -60,9 +60,11 @@ async def _serve(settings: InferlineSettings, keys: ApiKeys) -> None:
     container = Container()
     container.settings.override(providers.Object(settings))
     await _maybe_await(container.init_resources())
-    engines = container.engines()
+    engines, pipelines = container.engines(), container.pipelines()
     try:
-        app = create_app(container.chains(), engines, container.pipelines(), settings.server,
+        for name in pipelines.names():  # a broken pipeline stops the start, not a request
+            pipelines.get(name)
+        app = create_app(container.chains(), engines, pipelines, settings.server,
                          log_settings=settings.log, keys=keys)
         await serve(app, settings.server.host, settings.server.port,
                     shutdown_grace_s=settings.server.shutdown_grace_s)
