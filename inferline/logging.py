@@ -38,6 +38,20 @@ class RedactSecrets:
         return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write.
+
+    Binding the stream at configure time breaks every later log line once that
+    stream is swapped and closed (notebooks, test capture, daemons redirecting).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(settings: LogSettings, secret_env_vars: Iterable[str] = ()) -> None:
     renderer: Any = (structlog.processors.JSONRenderer() if settings.format == "json"
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
@@ -49,6 +63,6 @@ def configure_logging(settings: LogSettings, secret_env_vars: Iterable[str] = ()
                     renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(settings.level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),
         cache_logger_on_first_use=False,
     )

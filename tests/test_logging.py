@@ -3,7 +3,9 @@ value of every named secret variable masked wherever it turns up (fields, errors
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -63,3 +65,13 @@ def test_dev_logs_console_lines(secret_env: None, capsys: pytest.CaptureFixture[
     assert "engine_unavailable" in err and "engine=local_vllm" in err
     assert "reason='token ***'" in err or "reason=token ***" in err
     assert SECRET not in err and not err.lstrip().startswith("{")
+
+
+def test_logging_follows_a_swapped_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging(LogSettings(format="json"))
+    first.close()  # e.g. a notebook cell's or a test's captured stream, gone
+    monkeypatch.setattr(sys, "stderr", second)
+    structlog.get_logger("t").info("engine_loaded", engine="llama")
+    assert json.loads(second.getvalue())["event"] == "engine_loaded"
