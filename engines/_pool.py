@@ -68,9 +68,13 @@ async def iter_pool(n: int, workers: int, job: Job) -> AsyncIterator[tuple[int, 
             if isinstance(outcome, _PoolFailed):
                 raise outcome.error
             yield i, outcome
+        # every row is out: let the workers end on their own. Cancelling them here would
+        # tie every request's data into a traceback cycle that only a full GC frees.
+        await pool
     finally:
-        pool.cancel()
-        await asyncio.gather(pool, return_exceptions=True)
+        if not pool.done():
+            pool.cancel()
+            await asyncio.gather(pool, return_exceptions=True)
 
 
 class _PoolFailed:

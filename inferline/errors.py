@@ -128,7 +128,7 @@ def error_for_status(status: int, message: str, *, engine: str = "",
     return FatalEngineError(message, engine=engine, status=status)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try of one engine inside a fallback chain."""
 

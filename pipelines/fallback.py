@@ -142,10 +142,12 @@ class FallbackChain(BaseInferenceEngine):
                 if error is not None:
                     yield RowResult(i, error=error)
                     continue
-                assert result.conversation is not None
-                meta = {"served_by": engine.name, "attempts": [a.as_dict() for a in attempts[i]]}
-                yield RowResult(i, result.conversation.model_copy(
-                    update={"metadata": {**result.conversation.metadata, **meta}}))
+                out = result.conversation
+                assert out is not None  # a fresh object from the engine: annotate it in place
+                out.metadata.update(served_by=engine.name,
+                                    attempts=[a.as_dict() for a in attempts[i]])
+                result.index = i
+                yield result
         except (EngineError, ConfigurationError) as exc:  # whole call failed (load, params)
             if isinstance(exc, EngineUnavailableError | ConfigurationError):
                 self.unavailable[engine.name] = str(exc)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 META = "_meta"  # output key with served_by, attempts and usage
 
 
-@dataclass
+@dataclass(slots=True)
 class RowOutcome:
     """One row's result: the output row, or the error that stopped it."""
 
@@ -107,13 +107,22 @@ class Pipeline:
         return state
 
     def _outcome(self, state: RowState) -> RowOutcome:
+        calls = [c.metadata for c in state.calls]  # served_by, attempts, usage of each call
+        served = [m.get("served_by") or m.get("engine") or "" for m in calls]
+        usage = calls[0].get("usage", {}) if len(calls) == 1 else _total_usage(calls)
         if state.error is not None:
-            return RowOutcome(state.index, error=state.error, served_by=state.served_by,
-                              usage=state.usage)
-        meta = {"served_by": state.served_by[-1], "attempts": state.attempts,
-                "usage": state.usage}
-        return RowOutcome(state.index, {**state.fields, META: meta}, served_by=state.served_by,
-                          usage=state.usage)
+            return RowOutcome(state.index, error=state.error, served_by=served, usage=usage)
+        attempts = [a for m in calls for a in m.get("attempts", ())]
+        state.fields[META] = {"served_by": served[-1], "attempts": attempts, "usage": usage}
+        return RowOutcome(state.index, state.fields, served_by=served, usage=usage)
+
+
+def _total_usage(calls: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for meta in calls:
+        for key, count in (meta.get("usage") or {}).items():
+            total[key] = total.get(key, 0) + count
+    return total
 
 
 def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str],

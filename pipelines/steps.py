@@ -26,28 +26,21 @@ REASK = ("Your answer was not valid ({error}). Answer again, following the instr
          "exactly, with nothing else.")
 
 
-@dataclass
+@dataclass(slots=True)
 class RowState:
     """One row on its way through the steps."""
 
     index: int
     fields: dict[str, Any]  # the input row, plus each generated field
     prompt: Conversation | None = None  # from the last template step
-    conversation: Conversation | None = None  # the last generate step's output
-    target: str | None = None  # the field the last generate step wrote
-    served_by: list[str] = field(default_factory=list)  # one engine per generate call
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
+    target: str | None = None  # the field the last generate call wrote
+    calls: list[Conversation] = field(default_factory=list)  # each generate call's output
     error: InferlineError | None = None
 
     def record(self, output: str, conversation: Conversation) -> None:
-        meta = conversation.metadata
         self.fields[output] = conversation.messages[-1].text
-        self.conversation, self.target = conversation, output
-        self.served_by.append(meta.get("served_by") or meta.get("engine") or "")
-        self.attempts.extend(meta.get("attempts") or [])
-        for key, count in (meta.get("usage") or {}).items():
-            self.usage[key] = self.usage.get(key, 0) + count
+        self.target = output
+        self.calls.append(conversation)
 
 
 def alive(rows: Sequence[RowState]) -> list[RowState]:
@@ -61,15 +54,10 @@ class TemplateStep:
     async def __call__(self, rows: Sequence[RowState]) -> None:
         for row in alive(rows):
             try:
-                messages = [Message.model_construct(role=Role.USER,
-                                                    content=self.user.render(row.fields))]
-                if self.system is not None:
-                    messages.insert(0, Message.model_construct(
-                        role=Role.SYSTEM, content=self.system.render(row.fields)))
+                system = self.system.render(row.fields) if self.system is not None else None
+                row.prompt = Conversation.from_prompt(self.user.render(row.fields), system)
             except InferlineError as exc:
                 row.error = exc
-                continue
-            row.prompt = Conversation.model_construct(messages=messages, metadata={})
 
 
 class GenerateStep:
@@ -79,6 +67,8 @@ class GenerateStep:
     async def __call__(self, rows: Sequence[RowState]) -> None:
         live = alive(rows)
         await self.generate(live, [r.prompt for r in live])  # type: ignore[misc]
+        for row in live:
+            row.prompt = None  # done with; a re-ask starts from the output conversation
 
     async def generate(self, rows: Sequence[RowState], prompts: Sequence[Conversation]) -> None:
         """Run ``prompts[i]`` for ``rows[i]``; each row gets its answer or its error."""
@@ -108,8 +98,8 @@ class PostprocessStep:
                 return
             pending = [row for row, _ in invalid]
             await self.generate.generate(pending, [
-                row.conversation.append(  # type: ignore[union-attr]
-                    Message.model_construct(role=Role.USER, content=REASK.format(error=err)))
+                row.calls[-1].append(
+                    Message(role=Role.USER, content=REASK.format(error=err)))
                 for row, err in invalid])
             pending = alive(pending)
 
