@@ -1,7 +1,11 @@
-"""The application container: composes settings, logging, one HTTP session and the catalogs
-of engines, chains and pipelines.
+"""The application container: composes settings, logging and the catalogs of engines,
+chains and pipelines, and owns their start and shutdown.
 
-Entry points (CLI, gateway) build it; domain code receives what it needs.
+Entry points (CLI, gateway) build it; domain code receives what it needs. Each remote
+engine keeps its own pooled aiohttp session (sessions are loop-bound, and an engine
+runs on its caller's loop or, for sync calls, on inferline's own); the ``engine_shutdown``
+resource closes every engine built (sessions, processes, model memory) on
+``shutdown_resources()``.
 
     container = build_container("deploy.yaml")
     chain = container.chains().get("default")
@@ -14,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from dependency_injector import containers, providers
 from inferline.engines.catalog import EngineCatalog
 from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
@@ -30,19 +33,18 @@ def _logging(settings: InferlineSettings) -> Iterator[None]:
     yield
 
 
-async def _http_session() -> AsyncIterator[aiohttp.ClientSession]:
-    session = aiohttp.ClientSession()
-    yield session
-    await session.close()
+async def _engine_shutdown(engines: EngineCatalog) -> AsyncIterator[EngineCatalog]:
+    yield engines
+    await engines.aclose()
 
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(load_settings)
     logging = providers.Resource(_logging, settings)
-    http_session = providers.Resource(_http_session)
     engine_overrides = providers.Dict()
     engines = providers.Singleton(EngineCatalog, settings.provided.engines,
                                   overrides=engine_overrides)
+    engine_shutdown = providers.Resource(_engine_shutdown, engines)
     chains = providers.Singleton(ChainCatalog, settings.provided.chains, engines)
     pipelines = providers.Singleton(PipelineCatalog, settings.provided.pipelines, chains)
 

@@ -117,8 +117,8 @@ def validation_error(exc: ValidationError, lines: Lines, root: Any = InferlineSe
     """A pydantic error as a ConfigurationError with file, line, dotted key and a name hint."""
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"])
-    file, line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines),
-                      (file, None))
+    file, line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines),
+                      (file, None))  # the key's line, else its parent's (a missing key)
     hint = None
     if err["type"] == "extra_forbidden":
         hint = next(iter(difflib.get_close_matches(loc[-1], _known_keys(root, loc[:-1]), 1)), None)

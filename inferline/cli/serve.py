@@ -69,8 +69,7 @@ async def _serve(settings: InferlineSettings, keys: ApiKeys) -> None:
         await serve(app, settings.server.host, settings.server.port,
                     shutdown_grace_s=settings.server.shutdown_grace_s)
     finally:
-        await engines.aclose()
-        await _maybe_await(container.shutdown_resources())
+        await _maybe_await(container.shutdown_resources())  # closes every engine built
 
 
 async def _maybe_await(result: Any) -> None:

@@ -43,3 +43,38 @@ def test_tests_can_override_any_engine() -> None:
     [out] = chain.infer([Conversation.from_prompt("hi")])
     assert out.messages[-1].text == "local_llamacpp: hi" and fake.calls == 1
     assert out.metadata["served_by"] == "local_llamacpp"  # vLLM skipped: no GPU; openai not needed
+
+
+async def test_shutdown_closes_every_engine_built() -> None:
+    container = build_container()
+    fake = FakeEngine("local_llamacpp")
+    closed: list[str] = []
+
+    async def aclose() -> None:
+        closed.append(fake.name)
+
+    fake.aclose = aclose  # type: ignore[method-assign]
+    container.engine_overrides.override(providers.Object({"local_llamacpp": fake}))
+    container.engines.reset()
+    await container.init_resources()
+    assert container.chains().get("default").engines[1] is fake
+    await container.shutdown_resources()
+    assert closed == ["local_llamacpp"]
+
+
+def test_pipelines_share_engines_and_breakers(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "p" / f"{name}.yaml").write_text(
+            f"name: {name}\nsteps: [{{template: {{user: hi}}}}, "
+            "{generate: {engines: [local_llamacpp, openai]}}]\n")
+    settings = tmp_path / "s.yaml"
+    settings.write_text(f"pipelines: {{dirs: ['{tmp_path / 'p'}']}}\n")
+    container = build_container(settings)
+    pipelines = container.pipelines()
+    assert {"a", "b"} <= set(pipelines.names())
+    [a], [b] = pipelines.get("a").chains, pipelines.get("b").chains
+    assert a is b  # the same inline chain, so the same engines and circuit breakers
+    assert a.engines[0] is container.chains().get("default").engines[1]  # local_llamacpp
+    assert a.breakers is container.chains().breakers
+    assert pipelines.get("a") is pipelines.get("a")

@@ -3,16 +3,11 @@ exactly once; rows that fail for good are reported and the rest are written."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -23,6 +18,7 @@ from inferline.core.types import Conversation, write_jsonl
 from inferline.engines.openai_compat import RemoteInferenceEngine
 from inferline.errors import FatalEngineError
 from tests.fixtures.fault_server import FaultServer, Scenario
+from tests.fixtures.terminal import on_terminal
 
 ROWS = 120
 CHILD = """
@@ -86,22 +82,10 @@ def test_killed_run_resumes_every_row_exactly_once(fault_server: FaultServer, tm
 @pytest.mark.slow
 def test_progress_bar_on_a_terminal(fault_server: FaultServer, tmp_path: Path) -> None:
     inp, out = _inputs(tmp_path, [f"r{i}" for i in range(40)]), tmp_path / "out.jsonl"
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column tty
-    proc = _child(fault_server.url(Scenario(delay_s=0.01)), inp, out, stderr=slave)
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if select.select([master], [], [], 0.1)[0]:
-            try:
-                seen += os.read(master, 4096)
-            except OSError:  # the child closed the terminal
-                break
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    assert proc.wait(10) == 0
+    url = fault_server.url(Scenario(delay_s=0.01))
+    code, seen = on_terminal([sys.executable, "-c", CHILD, url, str(inp), str(out)],
+                             cwd=Path(__file__).parents[2])
+    assert code == 0
     assert b"inferring" in seen and b"40/40" in seen
 
 

@@ -228,3 +228,15 @@ def test_circuit_opens_skips_the_engine_and_closes_again(
     out = pipeline.run_batch(rows)
     assert [o.served_by for o in out] == [["primary"], ["primary"]]
     assert chain.describe()["circuits"]["primary"] == "closed"
+
+
+async def test_from_yaml_and_arun(tmp_path: Path, fault_server: FaultServer) -> None:
+    from inferline.settings import load_settings
+
+    url = fault_server.url(Scenario()) + "/v1"
+    settings = load_settings(settings_file(tmp_path, {"up": remote(url)}, ["up"]))
+    (tmp_path / "echo.yaml").write_text(ECHO)
+    pipeline = Pipeline.from_yaml(tmp_path / "echo.yaml", settings=settings)
+    out = await pipeline.arun({"country": "Chile", "id": 1})
+    assert (out["answer"], out["id"], out["_meta"]["served_by"]) == ("echo: Chile", 1, "up")
+    await pipeline.chains[0].engines[0].aclose()

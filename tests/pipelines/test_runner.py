@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.fault_server import FaultServer, Scenario
+from tests.fixtures.terminal import on_terminal
 from tests.pipelines.test_pipeline import ECHO, remote, settings_file
 
 
@@ -132,3 +133,14 @@ def test_default_chain_here_says_why_it_skips_and_serves_from_llamacpp(tmp_path:
     assert {r["country"]: r["answer"] for r in rows}["France"] == "Paris"
     assert {r["_meta"]["served_by"] for r in rows} == {"local_llamacpp"}
     assert f"served by: local_llamacpp {len(rows)}" in result.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, fault_server: FaultServer) -> None:
+    settings, pipeline = setup(tmp_path, Scenario(delay_s=0.01), fault_server)
+    data = write_rows(tmp_path / "in.jsonl", [{"country": f"c{i}"} for i in range(30)])
+    code, seen = on_terminal([sys.executable, "-m", "inferline", "run", str(pipeline), "--input",
+                              str(data), "--output", str(tmp_path / "out.jsonl"), "--settings",
+                              str(settings), "--concurrency", "10"])
+    assert code == 0
+    assert b'"answer"' not in seen  # rows go to the file, the terminal gets the bar
+    assert b"echo: 100%" in seen and b"30/30" in seen  # the bar is named after the pipeline

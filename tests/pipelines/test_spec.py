@@ -83,6 +83,7 @@ def test_good_pipeline_validates_and_shows_the_chain(tmp_path: Path,
     (GOOD.replace("  - template:", "  - postprocess: [strip]\n  - template:"),
      "p.yaml:4: steps.0.postprocess: a postprocess step needs a generate step before it"),
     ("name: quiz\nsteps: []\n", "p.yaml:2: steps: List should have at least 1 item"),
+    (GOOD.replace("name: quiz\n", ""), "p.yaml:1: name: Field required"),
 ])
 def test_malformed_pipeline_is_one_precise_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 pipeline: str, message: str) -> None:
