@@ -84,7 +84,7 @@ class OutputValidationError(InferlineError):
     """A post-processing step rejected the model's output."""
 
     def __init__(self, message: str, *, step: str, output: str) -> None:
-        self.step, self.output = step, output
+        self.step, self.output, self.reason = step, output, message
         super().__init__(f"{step}: {message}")
 
 

@@ -99,7 +99,7 @@ class PostprocessStep:
             pending = [row for row, _ in invalid]
             await self.generate.generate(pending, [
                 row.calls[-1].append(
-                    Message(role=Role.USER, content=REASK.format(error=err)))
+                    Message(role=Role.USER, content=REASK.format(error=err.reason)))
                 for row, err in invalid])
             pending = alive(pending)
 

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from inferline.cli.config import raise_unknown
     from inferline.containers import build_container
     from inferline.errors import ConfigurationError
-    from inferline.pipelines.runner import arun_file
+    from inferline.pipelines.runner import Summary, arun_file
 
     if args.extra:
         raise_unknown(args.extra)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     container = build_container(args.settings, env=args.env)
     pipeline = container.pipelines().load(args.pipeline)
 
-    async def main() -> object:
+    async def main() -> Summary:
         try:
             return await arun_file(pipeline, args.input, args.output,
                                    concurrency=args.concurrency, restart=args.restart,
@@ -50,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
             await container.engines().aclose()
 
     summary = asyncio.run(main())
-    for line in summary.lines():  # type: ignore[attr-defined]
+    for line in summary.lines():
         print(f"inferline: {line}", file=sys.stderr)
-    return 1 if summary.failed else 0  # type: ignore[attr-defined]
+    return 1 if summary.failed else 0
