@@ -301,8 +301,24 @@ class BaseRemoteEngine(BaseInferenceEngine):
         done = await self._agenerate(conversations, params)
         return [self._output(c, d) for c, d in zip(conversations, done)]
 
+    async def ainfer_partial(self, conversations: Sequence[Conversation],
+                             inference_config: InferenceConfig | None = None) -> list[RowResult]:
+        """Every row's result in input order, on the same batch path as ``ainfer``."""
+        params = self._generation(inference_config)
+        await self._aensure_loaded()
+        done = await self._complete_all(conversations, params, stop_on_error=False)
+        return [RowResult(i, error=d) if isinstance(d, EngineError)
+                else RowResult(i, self._output(c, d))
+                for i, (c, d) in enumerate(zip(conversations, done))]
+
     async def _agenerate(self, conversations: Sequence[Conversation],
                          params: GenerationParams) -> list[Completion]:
+        return await self._complete_all(conversations, params, stop_on_error=True)
+
+    async def _complete_all(self, conversations: Sequence[Conversation], params: GenerationParams,
+                            *, stop_on_error: bool) -> list[Any]:
+        """A completion, or the ``EngineError`` that ended it, per conversation; the first
+        error is raised instead with ``stop_on_error`` (and the rest cancelled)."""
         base, state = self._request_base(params, stream=False), self._states.get()
         out: list[Any] = [None] * len(conversations)
 
@@ -310,8 +326,9 @@ class BaseRemoteEngine(BaseInferenceEngine):
             return await self._complete(conversations[i], base, state)
 
         async def keep(i: int, outcome: Any) -> None:
-            if isinstance(outcome, Exception):
-                raise outcome
+            if isinstance(outcome, Exception) and (
+                    stop_on_error or not isinstance(outcome, EngineError)):
+                raise outcome  # (a non-engine error is a bug or bad input, not a row failure)
             out[i] = outcome
 
         await run_pool(len(conversations), self.remote_params.num_workers, job, keep)

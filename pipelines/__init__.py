@@ -8,9 +8,10 @@
 from inferline.pipelines.breaker import CircuitBreaker
 from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
 from inferline.pipelines.fallback import FallbackChain
-from inferline.pipelines.pipeline import Pipeline, RowOutcome
+from inferline.pipelines.pipeline import Pipeline
 from inferline.pipelines.runner import Summary, arun_file
 from inferline.pipelines.spec import PipelineBuilder, PipelineSpec
+from inferline.pipelines.steps import Row
 
 __all__ = ["ChainCatalog", "CircuitBreaker", "FallbackChain", "Pipeline", "PipelineBuilder",
-           "PipelineCatalog", "PipelineSpec", "RowOutcome", "Summary", "arun_file"]
+           "PipelineCatalog", "PipelineSpec", "Row", "Summary", "arun_file"]

@@ -105,18 +105,33 @@ class FallbackChain(BaseInferenceEngine):
     async def aiter_results(self, conversations: Sequence[Conversation],
                             inference_config: InferenceConfig | None = None,
                             ) -> AsyncIterator[RowResult]:
+        async for result in self._results(conversations, inference_config, batch=False):
+            yield result
+
+    async def ainfer_partial(self, conversations: Sequence[Conversation],
+                             inference_config: InferenceConfig | None = None) -> list[RowResult]:
+        """Every row's result in input order; each engine's pass is one batch call
+        (``engine.ainfer_partial``) instead of a stream, for callers that wait for all."""
+        results = [r async for r in self._results(conversations, inference_config, batch=True)]
+        return sorted(results, key=lambda r: r.index)
+
+    async def _results(self, conversations: Sequence[Conversation],
+                       inference_config: InferenceConfig | None, *,
+                       batch: bool) -> AsyncIterator[RowResult]:
         pending = list(range(len(conversations)))
-        attempts: dict[int, list[Attempt]] = {i: [] for i in pending}
+        attempts: dict[int, list[Attempt]] = {}  # failed attempts, for the rows that had some
         for engine in self._candidates():
             if not pending:
                 break
             reason = self._skip_reason(engine)
             if reason is not None:
                 for i in pending:
-                    attempts[i].append(Attempt(engine.name, "EngineUnavailableError", reason, 0.0))
+                    attempts.setdefault(i, []).append(
+                        Attempt(engine.name, "EngineUnavailableError", reason, 0.0))
                 continue
             failed: list[int] = []
-            async for result in self._try(engine, conversations, pending, attempts, inference_config):
+            async for result in self._try(engine, conversations, pending, attempts,
+                                          inference_config, batch):
                 if result.error is not None and self._moves_on(result.error):
                     failed.append(result.index)
                 else:
@@ -126,36 +141,40 @@ class FallbackChain(BaseInferenceEngine):
                             error=attempts[failed[0]][-1].error)
             pending = failed
         for i in pending:
-            yield RowResult(i, error=AllEnginesFailedError(self.name, attempts[i]))
+            yield RowResult(i, error=AllEnginesFailedError(self.name, attempts.get(i, [])))
 
     async def _try(self, engine: BaseInferenceEngine, conversations: Sequence[Conversation],
                    rows: list[int], attempts: dict[int, list[Attempt]],
-                   config: InferenceConfig | None) -> AsyncIterator[RowResult]:
-        """One engine over ``rows``; results carry chain row indices and the attempt log."""
-        start, breaker = time.monotonic(), self.breaker(engine)
+                   config: InferenceConfig | None, batch: bool) -> AsyncIterator[RowResult]:
+        """One engine over ``rows``; results carry chain row indices; failures join ``attempts``."""
+        start, breaker, answered = time.monotonic(), self.breaker(engine), set()
+        subset = [conversations[i] for i in rows]
         try:
-            async for result in engine.aiter_results([conversations[i] for i in rows], config):
+            results = (_each(await engine.ainfer_partial(subset, config)) if batch
+                       else engine.aiter_results(subset, config))
+            async for result in results:
                 i, error = rows[result.index], result.error
-                attempts[i].append(Attempt(engine.name, error and type(error).__name__,
-                                           error and str(error), time.monotonic() - start))
+                answered.add(i)
+                attempt = Attempt(engine.name, error and type(error).__name__,
+                                  error and str(error), time.monotonic() - start)
                 breaker.record(ok=error is None)
                 if error is not None:
+                    attempts.setdefault(i, []).append(attempt)
                     yield RowResult(i, error=error)
                     continue
                 out = result.conversation
                 assert out is not None  # a fresh object from the engine: annotate it in place
-                out.metadata.update(served_by=engine.name,
-                                    attempts=[a.as_dict() for a in attempts[i]])
+                out.metadata.update(served_by=engine.name, attempts=[
+                    *(a.as_dict() for a in attempts.get(i, ())), attempt.as_dict()])
                 result.index = i
                 yield result
         except (EngineError, ConfigurationError) as exc:  # whole call failed (load, params)
             if isinstance(exc, EngineUnavailableError | ConfigurationError):
                 self.unavailable[engine.name] = str(exc)
             breaker.record(ok=False)
-            done = {i for i, a in attempts.items() if a and a[-1].engine == engine.name}
-            for i in (r for r in rows if r not in done):
-                attempts[i].append(Attempt(engine.name, type(exc).__name__, str(exc),
-                                           time.monotonic() - start))
+            for i in (r for r in rows if r not in answered):
+                attempts.setdefault(i, []).append(Attempt(engine.name, type(exc).__name__,
+                                                          str(exc), time.monotonic() - start))
                 yield RowResult(i, error=exc if isinstance(exc, EngineError)
                                 else EngineUnavailableError(str(exc), engine=engine.name))
 
@@ -193,3 +212,8 @@ class FallbackChain(BaseInferenceEngine):
         return {"name": self.name, "type": "chain", "engines": [e.name for e in self.engines],
                 "unavailable": dict(self.unavailable),
                 "circuits": {e.name: self.breaker(e).state for e in self.engines}}
+
+
+async def _each(items: Sequence[RowResult]) -> AsyncIterator[RowResult]:
+    for item in items:
+        yield item

@@ -2,7 +2,7 @@
 
     pipeline = Pipeline.from_yaml("capital-quiz.yaml")           # settings from the profile
     await pipeline.arun({"country": "France"})                  # {"country": ..., "answer": "Paris", "_meta": {...}}
-    pipeline.run_batch([{"country": "France"}, {"country": "Peru"}])   # a RowOutcome per row
+    pipeline.run_batch([{"country": "France"}, {"country": "Peru"}])   # a Row (output or error) each
 
 Building checks everything that needs no engine call: template syntax and
 variables (only declared input fields and earlier outputs), chain and engine
@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferline.core.configs import InferenceConfig
 from inferline.core.portal import portal
-from inferline.errors import ConfigurationError, InferlineError, InputError
+from inferline.errors import ConfigurationError, InputError
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import build_processor
 from inferline.pipelines.spec import GenerateSpec, PipelineSpec, TemplateSpec
-from inferline.pipelines.steps import GenerateStep, PostprocessStep, RowState, TemplateStep
+from inferline.pipelines.steps import GenerateStep, PostprocessStep, Row, TemplateStep
 from inferline.pipelines.template import PromptTemplate
 
 if TYPE_CHECKING:
@@ -32,17 +31,6 @@ if TYPE_CHECKING:
     from inferline.settings.model import InferlineSettings
 
 META = "_meta"  # output key with served_by, attempts and usage
-
-
-@dataclass(slots=True)
-class RowOutcome:
-    """One row's result: the output row, or the error that stopped it."""
-
-    index: int
-    output: dict[str, Any] | None = None
-    error: InferlineError | None = None
-    served_by: list[str] = field(default_factory=list)  # one engine per generate call
-    usage: dict[str, int] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -73,12 +61,12 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------------
 
-    async def arun_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[RowOutcome]:
+    async def arun_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
         """Every row through every step; a failed row keeps its error, the others go on."""
-        states = [self._state(i, row) for i, row in enumerate(rows)]
+        batch = [self._row(i, row) for i, row in enumerate(rows)]
         for step in self.steps:
-            await step(states)
-        return [self._outcome(s) for s in states]
+            await step(batch)
+        return [self._finish(row) for row in batch]
 
     async def arun(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """One row's output, or its error raised."""
@@ -88,41 +76,35 @@ class Pipeline:
         assert outcome.output is not None
         return outcome.output
 
-    def run_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[RowOutcome]:
+    def run_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
         return portal.run(self.arun_batch(rows))
 
     def run(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return portal.run(self.arun(row))
 
-    def _state(self, index: int, row: Any) -> RowState:
+    def _row(self, index: int, row: Any) -> Row:
         if not isinstance(row, Mapping):
-            state = RowState(index, {})
-            state.error = InputError(f"expected a JSON object, got {type(row).__name__}")
-            return state
-        state = RowState(index, dict(row))
+            return Row(index, {}, InputError(f"expected a JSON object, got {type(row).__name__}"))
         missing = [f for f in self.spec.input.fields if f not in row]
         if missing:
-            state.error = InputError(f"missing input field(s) {', '.join(map(repr, missing))} "
-                                     f"(pipeline {self.name!r})")
-        return state
+            return Row(index, dict(row), InputError(
+                f"missing input field(s) {', '.join(map(repr, missing))} (pipeline {self.name!r})"))
+        return Row(index, dict(row))
 
-    def _outcome(self, state: RowState) -> RowOutcome:
-        calls = [c.metadata for c in state.calls]  # served_by, attempts, usage of each call
-        served = [m.get("served_by") or m.get("engine") or "" for m in calls]
-        usage = calls[0].get("usage", {}) if len(calls) == 1 else _total_usage(calls)
-        if state.error is not None:
-            return RowOutcome(state.index, error=state.error, served_by=served, usage=usage)
-        attempts = [a for m in calls for a in m.get("attempts", ())]
-        state.fields[META] = {"served_by": served[-1], "attempts": attempts, "usage": usage}
-        return RowOutcome(state.index, state.fields, served_by=served, usage=usage)
-
-
-def _total_usage(calls: list[dict[str, Any]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for meta in calls:
-        for key, count in (meta.get("usage") or {}).items():
-            total[key] = total.get(key, 0) + count
-    return total
+    @staticmethod
+    def _finish(row: Row) -> Row:
+        """``row`` with its ``output``: the fields plus ``_meta`` (served_by, attempts, usage)."""
+        if row.error is None:
+            last = row.calls[-1].metadata
+            if len(row.calls) == 1:  # the usual case: that call's metadata as it is
+                usage, attempts = last.get("usage", {}), last.get("attempts", [])
+            else:
+                usage = row.usage
+                attempts = [a for c in row.calls for a in c.metadata.get("attempts", ())]
+            row.fields[META] = {"served_by": row.served_by[-1], "attempts": attempts,
+                                "usage": usage}
+            row.output = row.fields
+        return row
 
 
 def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str],

@@ -27,23 +27,39 @@ REASK = ("Your answer was not valid ({error}). Answer again, following the instr
 
 
 @dataclass(slots=True)
-class RowState:
-    """One row on its way through the steps."""
+class Row:
+    """One row on its way through the steps, and then its result: ``output`` (the input
+    row, each generated field and ``_meta``) or the ``error`` that stopped it."""
 
     index: int
     fields: dict[str, Any]  # the input row, plus each generated field
+    error: InferlineError | None = None
+    output: dict[str, Any] | None = None  # set when the row has gone through every step
+    calls: list[Conversation] = field(default_factory=list)  # each generate call's output
     prompt: Conversation | None = None  # from the last template step
     target: str | None = None  # the field the last generate call wrote
-    calls: list[Conversation] = field(default_factory=list)  # each generate call's output
-    error: InferlineError | None = None
 
     def record(self, output: str, conversation: Conversation) -> None:
         self.fields[output] = conversation.messages[-1].text
         self.target = output
         self.calls.append(conversation)
 
+    @property
+    def served_by(self) -> list[str]:
+        """The engine that served each generate call, in order."""
+        return [c.metadata.get("served_by") or c.metadata.get("engine") or "" for c in self.calls]
 
-def alive(rows: Sequence[RowState]) -> list[RowState]:
+    @property
+    def usage(self) -> dict[str, int]:
+        """Tokens over every generate call."""
+        total: dict[str, int] = {}
+        for call in self.calls:
+            for key, count in (call.metadata.get("usage") or {}).items():
+                total[key] = total.get(key, 0) + count
+        return total
+
+
+def alive(rows: Sequence[Row]) -> list[Row]:
     return [r for r in rows if r.error is None]
 
 
@@ -51,7 +67,7 @@ class TemplateStep:
     def __init__(self, user: PromptTemplate, system: PromptTemplate | None) -> None:
         self.user, self.system = user, system
 
-    async def __call__(self, rows: Sequence[RowState]) -> None:
+    async def __call__(self, rows: Sequence[Row]) -> None:
         for row in alive(rows):
             try:
                 system = self.system.render(row.fields) if self.system is not None else None
@@ -64,15 +80,15 @@ class GenerateStep:
     def __init__(self, chain: BaseInferenceEngine, config: InferenceConfig, output: str) -> None:
         self.chain, self.config, self.output = chain, config, output
 
-    async def __call__(self, rows: Sequence[RowState]) -> None:
+    async def __call__(self, rows: Sequence[Row]) -> None:
         live = alive(rows)
         await self.generate(live, [r.prompt for r in live])  # type: ignore[misc]
         for row in live:
             row.prompt = None  # done with; a re-ask starts from the output conversation
 
-    async def generate(self, rows: Sequence[RowState], prompts: Sequence[Conversation]) -> None:
+    async def generate(self, rows: Sequence[Row], prompts: Sequence[Conversation]) -> None:
         """Run ``prompts[i]`` for ``rows[i]``; each row gets its answer or its error."""
-        async for result in self.chain.aiter_results(prompts, self.config):
+        for result in await self.chain.ainfer_partial(prompts, self.config):
             row = rows[result.index]
             if result.error is not None:
                 row.error = result.error
@@ -88,7 +104,7 @@ class PostprocessStep:
     def __init__(self, processors: Sequence[Processor], generate: GenerateStep, reask: int) -> None:
         self.processors, self.generate, self.reask = list(processors), generate, reask
 
-    async def __call__(self, rows: Sequence[RowState]) -> None:
+    async def __call__(self, rows: Sequence[Row]) -> None:
         pending = alive(rows)
         for turn in range(self.reask + 1):
             invalid = [(row, err) for row in pending if (err := self._apply(row)) is not None]
@@ -103,7 +119,7 @@ class PostprocessStep:
                 for row, err in invalid])
             pending = alive(pending)
 
-    def _apply(self, row: RowState) -> OutputValidationError | None:
+    def _apply(self, row: Row) -> OutputValidationError | None:
         value = row.fields[row.target]  # type: ignore[index]
         try:
             for process in self.processors:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 
 from aiohttp import web
+from pydantic import SecretBytes
 
 from inferline.errors import ConfigurationError
 from inferline.server.errors import ApiError
@@ -27,7 +28,7 @@ class ApiKeys:
     """The accepted keys. Empty means the server is unauthenticated."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [k.encode() for k in keys]
+        self._keys = [SecretBytes(k.encode()) for k in keys]  # masked in any repr or dump
 
     def __repr__(self) -> str:
         return f"ApiKeys(<{len(self._keys)} keys>)"
@@ -48,7 +49,7 @@ class ApiKeys:
         scheme, _, token = (header or "").partition(" ")
         given = token.strip().encode()
         # every key is compared, so timing says nothing about which one nearly matched
-        matches = [hmac.compare_digest(given, key) for key in self._keys]
+        matches = [hmac.compare_digest(given, key.get_secret_value()) for key in self._keys]
         return scheme.lower() == "bearer" and any(matches)
 
 

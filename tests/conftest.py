@@ -12,6 +12,9 @@ pytest_plugins = sorted(
     if p.stem != "__init__"
 )
 
+#: the environment the suite started with, for `cloud` tests that need a real key
+REAL_ENV = dict(os.environ)
+
 _KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "USER",
          "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "XDG_CACHE_HOME", "INFERLINE_DATA_DIR",
          "PIP_CACHE_DIR", "CI", "TERM")

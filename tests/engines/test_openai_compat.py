@@ -161,3 +161,26 @@ async def test_length_finish_reason_and_usage(fault_server: FaultServer) -> None
     assert out.last_message().text == "echo: one"
     assert out.metadata["finish_reason"] == "length"
     assert out.metadata["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.cloud
+@pytest.mark.parametrize(("engine_type", "model", "variable"), [
+    ("OPENAI", "gpt-4o-mini", "OPENAI_API_KEY"),
+    ("ANTHROPIC", "claude-3-5-haiku-latest", "ANTHROPIC_API_KEY"),
+    ("GOOGLE_GEMINI", "gemini-1.5-flash", "GEMINI_API_KEY"),
+])
+def test_real_cloud_vendor_answers(engine_type: str, model: str, variable: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the vendor's own API, with the vendor's default URL; needs that key set."""
+    from tests.conftest import REAL_ENV
+
+    if not REAL_ENV.get(variable):
+        pytest.skip(f"{variable} is not set")
+    monkeypatch.setenv(variable, REAL_ENV[variable])
+    engine = build_engine(engine_type, ModelParams(model_name=model),
+                          generation_params=GenerationParams(max_new_tokens=16))
+    with engine:
+        [out] = engine.infer([Conversation.from_prompt("What is the capital of France?",
+                                                       system="Answer in one word.")])
+    assert "Paris" in out.messages[-1].text
+    assert out.metadata["usage"]["completion_tokens"] > 0

@@ -129,3 +129,17 @@ async def test_zz_close_stops_engine_processes(engine: VLLMInferenceEngine) -> N
     assert any("VLLM" in cmd for cmd in check.child_processes())
     await engine.aclose()
     assert not any("VLLM" in cmd for cmd in check.child_processes()), check.child_processes()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+async def test_answers_on_a_cuda_gpu(smollm_hf: Path) -> None:
+    """The seed's GPU form (device cuda); runs where vllm has a CUDA GPU, as on a GPU server."""
+    if vllm_build() != "cuda" or not cuda_available():
+        pytest.skip("needs a CUDA build of vllm and a CUDA GPU")
+    engine = VLLMInferenceEngine(ModelParams(model_name=str(smollm_hf), model_kwargs={
+        "device": "cuda", "gpu_memory_utilization": 0.3, "max_model_len": 2048}))
+    try:
+        await check.answers_capital_of_france(engine)
+    finally:
+        await engine.aclose()
