@@ -68,37 +68,41 @@ class PipelineCatalog:
 
     def __init__(self, settings: PipelineSettings, chains: ChainCatalog) -> None:
         self.settings, self.chains = settings, chains
-        self._paths: dict[str, Path] | None = None
+        self._specs: dict[str, PipelineSpec] | None = None
         self._built: dict[str, Pipeline] = {}
 
-    def paths(self) -> dict[str, Path]:
-        """Pipeline name -> file, read once."""
-        if self._paths is None:
-            self._paths = {}
+    def specs(self) -> dict[str, PipelineSpec]:
+        """Pipeline name -> its checked spec, every file read once."""
+        if self._specs is None:
+            self._specs = {}
+            for i, folder in enumerate(map(Path, self.settings.dirs)):
+                if not folder.is_dir():
+                    raise ConfigurationError(f"no such folder: {folder}",
+                                             key=f"pipelines.dirs.{i}")
             for folder in [*map(Path, self.settings.dirs), self.EXAMPLES]:
                 for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-                    self._paths.setdefault(PipelineSpec.from_yaml(path).name, path)
-        return self._paths
+                    spec = PipelineSpec.from_yaml(path)
+                    self._specs.setdefault(spec.name, spec)
+        return self._specs
 
     def names(self) -> list[str]:
-        return list(self.paths())
+        return list(self.specs())
 
     def get(self, name: str) -> Pipeline:
         if name not in self._built:
-            path = self.paths().get(name)
-            if path is None:
+            spec = self.specs().get(name)
+            if spec is None:
                 hint = next(iter(difflib.get_close_matches(name, self.names(), 1)), None)
                 raise ConfigurationError(f"unknown pipeline {name!r} (known: "
                                          f"{', '.join(self.names()) or 'none'})", hint=hint)
-            self._built[name] = self._build(path)
+            self._built[name] = self._build(spec)
         return self._built[name]
 
     def load(self, name_or_path: str) -> Pipeline:
         """A pipeline file, or a pipeline by name."""
         if Path(name_or_path).suffix in (".yaml", ".yml") or Path(name_or_path).is_file():
-            return self._build(Path(name_or_path))
+            return self._build(PipelineSpec.from_yaml(name_or_path))
         return self.get(name_or_path)
 
-    def _build(self, path: Path) -> Pipeline:
-        return Pipeline(PipelineSpec.from_yaml(path), self.chains,
-                        allowed_modules=self.settings.allowed_modules)
+    def _build(self, spec: PipelineSpec) -> Pipeline:
+        return Pipeline(spec, self.chains, allowed_modules=self.settings.allowed_modules)

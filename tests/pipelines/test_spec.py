@@ -135,3 +135,11 @@ def test_python_builder_gives_the_same_pipeline_as_yaml(tmp_path: Path) -> None:
              .build(output="answer"))
     assert built == PipelineSpec.from_yaml(path)
     assert built != PipelineSpec.from_yaml(path).model_copy(update={"output": "other"})
+
+
+def test_missing_pipelines_folder_is_an_error(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"pipelines: {{dirs: ['{tmp_path / 'nope'}']}}\n")
+    assert main(["validate", "capital-quiz", "--settings", str(settings)]) == 2
+    assert f"pipelines.dirs.0: no such folder: {tmp_path / 'nope'}" in capsys.readouterr().err
