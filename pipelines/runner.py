@@ -70,6 +70,12 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, int, Any]]:
             index += 1
 
 
+def _count_rows(path: str | Path) -> int:
+    """Non-blank lines, for the progress bar's total (no parsing)."""
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 class _Sink:
     """Where results go: the resumable output file (or stdout) and the errors file."""
 
@@ -136,7 +142,7 @@ async def arun_file(pipeline: Pipeline, input_path: str | Path,
     summary, started = Summary(), time.monotonic()
     with _Sink(output_path, errors_path, restart, stdout) as sink:
         rows = iter_rows(input_path)
-        total = sum(1 for _ in iter_rows(input_path)) if sys.stderr.isatty() else 0
+        total = _count_rows(input_path) if sys.stderr.isatty() else 0
         bar = progress_bar(total, len(sink.done), desc=pipeline.name)
         while wave := list(itertools.islice(rows, concurrency)):
             bar.update(await _run_wave(pipeline, wave, sink, summary))
