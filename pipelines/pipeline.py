@@ -17,14 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inferline.core.configs import InferenceConfig
-from inferline.core.portal import portal
-from inferline.errors import ConfigurationError, InputError
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import build_processor
 from inferline.pipelines.spec import GenerateSpec, PipelineSpec, TemplateSpec
 from inferline.pipelines.steps import GenerateStep, PostprocessStep, Row, TemplateStep
 from inferline.pipelines.template import PromptTemplate
+
+from inferline.core.configs import InferenceConfig
+from inferline.core.portal import portal
+from inferline.errors import ConfigurationError, InputError
 
 if TYPE_CHECKING:
     from inferline.pipelines.catalog import ChainCatalog

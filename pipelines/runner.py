@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from inferline.pipelines.pipeline import Pipeline
+
 from inferline.core.batch import ResumableJsonlWriter, progress_bar
 from inferline.core.types import dumps_row
 from inferline.errors import ConfigurationError, InferlineError, InputError
-from inferline.pipelines.pipeline import Pipeline
 
 ROW = "_row"
 
@@ -44,11 +45,11 @@ class Summary:
     def lines(self) -> list[str]:
         engines = ", ".join(f"{name} {n}" for name, n in self.engines.most_common()) or "none"
         rate = (self.succeeded + self.failed) / self.seconds if self.seconds else 0.0
-        return [f"rows: {self.rows} ({self.succeeded} ok, {self.failed} failed, "
-                f"{self.skipped} already done)",
+        return [(f"rows: {self.rows} ({self.succeeded} ok, {self.failed} failed, "
+                 f"{self.skipped} already done)"),
                 f"served by: {engines}",
-                f"tokens: {self.tokens['prompt_tokens']} prompt, "
-                f"{self.tokens['completion_tokens']} completion",
+                (f"tokens: {self.tokens['prompt_tokens']} prompt, "
+                 f"{self.tokens['completion_tokens']} completion"),
                 f"time: {self.seconds:.1f} s ({rate:.2f} rows/s)"]
 
 
@@ -96,7 +97,7 @@ class _Sink:
             self.writer.__enter__()
         if self.errors_path is not None:
             self.errors_path.parent.mkdir(parents=True, exist_ok=True)
-            self._errors = open(self.errors_path, "w", encoding="utf-8")  # noqa: SIM115
+            self._errors = open(self.errors_path, "w", encoding="utf-8")
         return self
 
     def __exit__(self, *exc: object) -> None:

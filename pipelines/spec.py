@@ -25,11 +25,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from inferline.settings.loader import Lines, read_yaml, validation_error
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from inferline.core.configs import GenerationParams
 from inferline.errors import ConfigurationError
-from inferline.settings.loader import Lines, read_yaml, validation_error
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a field name a template can use
 
@@ -213,9 +220,6 @@ class PipelineSpec(_Spec):
                      if keys[:i] in self._lines), None)
         return ConfigurationError(message, file=self._file, line=line, key=".".join(keys) or None,
                                   hint=hint)
-
-    def line_of(self, *path: str | int) -> int | None:
-        return self._lines.get(tuple(str(p) for p in path), (None, None))[1]
 
 
 class PipelineBuilder:

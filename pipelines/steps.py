@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferline.core.configs import InferenceConfig
-from inferline.core.types import Conversation, Message, Role
 from inferline.engines.base import BaseInferenceEngine
-from inferline.errors import InferlineError, OutputValidationError
 from inferline.pipelines.postprocess import Processor
 from inferline.pipelines.template import PromptTemplate
+
+from inferline.core.configs import InferenceConfig
+from inferline.core.types import Conversation, Message, Role
+from inferline.errors import InferlineError, OutputValidationError
 
 REASK = ("Your answer was not valid ({error}). Answer again, following the instructions "
          "exactly, with nothing else.")
