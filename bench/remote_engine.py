@@ -9,10 +9,11 @@ write: one session with the same connector limit, 64 workers, ``session.post(jso
 and ``resp.json()``. Client CPU per request is reported too (the server runs in its
 own process).
 
-Memory: 100,000 queued conversations in a fresh process, streamed through
-``aiter_results`` into a JSONL file: peak RSS growth over the RSS with the input
-conversations built (the input list itself is reported separately). For contrast,
-``ainfer`` on the same input, which must return every output conversation.
+Memory: 100,000 queued conversations in a fresh process, written to a JSONL file by
+the file runner (``infer(output_path=...)``'s, in waves of 64): peak RSS growth over
+the RSS with the input conversations built (the input list itself is reported
+separately). For contrast, ``ainfer`` on the same input, which must return every
+output conversation.
 """
 
 from __future__ import annotations
@@ -165,12 +166,12 @@ def memory_child(url: str, n: int, mode: str, out_path: str) -> None:
             peak[0] = max(peak[0], _rss_mb())
 
     async def stream() -> int:
-        written = 0
-        with open(out_path, "w") as fh:  # noqa: ASYNC230 - a local file, line writes
-            async for row in engine.aiter_results(convs):
-                fh.write(row.conversation.to_json() + "\n")
-                written += 1
-        return written
+        from inferline.pipelines.runner import ConversationJob, arun_rows
+
+        rows = ((i, i + 1, c.model_dump(mode="json", exclude_none=True))
+                for i, c in enumerate(convs))
+        summary = await arun_rows(ConversationJob(engine, None), rows, out_path, restart=True)
+        return summary.succeeded
 
     async def run() -> int:
         done = await stream() if mode == "stream" else len(await engine.ainfer(convs))

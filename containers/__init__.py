@@ -7,23 +7,28 @@ runs on its caller's loop or, for sync calls, on inferline's own); the ``engine_
 resource closes every engine built (sessions, processes, model memory) on
 ``shutdown_resources()``.
 
-    container = build_container("deploy.yaml")
-    chain = container.chains().get("default")
+    async with running("deploy.yaml") as container:   # every command: infer, run, serve
+        chain = container.chains().get("default")
+    # on exit every engine built is closed
     container.engines.override(providers.Object(EngineCatalog({}, overrides={"x": fake})))  # tests
+
+The gateway enters ``started(container)`` from its app's ``cleanup_ctx``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from dependency_injector import containers, providers
+
 from inferline.engines.catalog import EngineCatalog
+from inferline.logging import configure_logging
 from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
 from inferline.settings import InferlineSettings, load_settings
-
-from inferline.logging import configure_logging
 
 
 def _logging(settings: InferlineSettings) -> Iterator[None]:
@@ -58,4 +63,27 @@ def build_container(settings_file: str | Path | None = None, *, env: str | None 
     return container
 
 
-__all__ = ["Container", "build_container"]
+@contextlib.asynccontextmanager
+async def started(container: Container) -> AsyncIterator[Container]:
+    """The container's resources, started; on exit shut down (every engine built is closed)."""
+    await _maybe_await(container.init_resources())
+    try:
+        yield container
+    finally:
+        await _maybe_await(container.shutdown_resources())
+
+
+def running(settings_file: str | Path | None = None, *, env: str | None = None,
+            overrides: dict[str, Any] | None = None,
+            ) -> contextlib.AbstractAsyncContextManager[Container]:
+    """``started(build_container(...))``: what every command runs inside."""
+    return started(build_container(settings_file, env=env, overrides=overrides))
+
+
+async def _maybe_await(result: Any) -> None:
+    """dependency-injector returns an awaitable only when some resource is async."""
+    if inspect.isawaitable(result):
+        await result
+
+
+__all__ = ["Container", "build_container", "running", "started"]

@@ -13,8 +13,9 @@ ending in ``/v1``, or a bare host.
 from __future__ import annotations
 
 import base64
-import orjson
 from typing import Any
+
+import orjson
 
 from inferline.core.configs import GenerationParams, InferenceEngineType
 from inferline.core.types import ContentItem, ContentType, Conversation, Message, Role

@@ -1,12 +1,19 @@
-"""The engine contract every backend implements.
+"""The one door into every engine, and the engine contract backends implement.
 
-A backend writes two things: ``_agenerate`` (a batch of conversations in, one
-``Completion`` per conversation out, in order) and, if it can stream,
-``_astream``. Everything else -- parameter checks, lazy loading, per-row
-results, the sync ``infer`` -- is written here once.
+Everything that runs conversations -- an engine or a fallback chain -- is a
+``Generator``: ``agenerate`` (a batch in, one ``Outcome`` per row out: a
+``Completion`` or the typed error that sank that row, never raised) and
+``astream``. The Oumi-named methods (``ainfer``, ``infer``, partial results,
+file mode) are written once here, over ``agenerate``, and never overridden.
+
+A backend writes ``_agenerate`` (one completion per conversation, in order;
+it may raise an ``EngineError`` for the whole batch, or return one per row)
+and, if it can stream, ``_astream``. Parameter checks and lazy loading are
+done here.
 
     async with LlamaCppInferenceEngine(ModelParams(model_name="smollm2-135m")) as engine:
         [out] = await engine.ainfer([Conversation.from_prompt("Hi")])
+        [outcome] = await engine.agenerate([Conversation.from_prompt("Hi")])  # never raises
     engine.infer([...])                  # the same, from sync code
 """
 
@@ -27,10 +34,15 @@ from inferline.core.configs import (
 )
 from inferline.core.portal import portal
 from inferline.core.types import Conversation, Message, Role
-from inferline.errors import EngineError, InferlineError, UnsupportedParameterError
+from inferline.errors import (
+    Attempt,
+    EngineUnavailableError,
+    InferlineError,
+    UnsupportedParameterError,
+)
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -40,36 +52,154 @@ class Usage:
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-@dataclass
+@dataclass(slots=True)
 class Completion:
-    """One generated answer. ``finish_reason`` is "stop" or "length" (or a backend's own)."""
+    """One generated answer and where it came from.
+
+    ``finish_reason`` is "stop" or "length" (or a backend's own). ``served_by``
+    names the engine that wrote it; ``attempts`` lists every try a fallback chain
+    made for the row, the serving one last (empty for a plain engine call).
+    """
 
     text: str
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
+    served_by: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def provenance(self) -> dict[str, Any]:
+        """``served_by``, ``attempts`` and ``usage`` as JSON-ready values (for the edges)."""
+        attempts = self.attempts or [Attempt(self.served_by, None, None, 0.0)]
+        return {"served_by": self.served_by, "attempts": [a.as_dict() for a in attempts],
+                "usage": self.usage.as_dict()}
 
 
-@dataclass
+#: what ``agenerate`` gives for each row
+Outcome = Completion | InferlineError
+
+
+@dataclass(slots=True)
 class StreamChunk:
-    """A piece of a streamed answer; the last chunk carries finish_reason and usage."""
+    """A piece of a streamed answer; the last chunk carries finish_reason and usage
+    (and, through a chain, ``attempts``)."""
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
-    engine: str | None = None  # set by a fallback chain: the engine that produced it
+    served_by: str | None = None
+    attempts: list[Attempt] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RowResult:
-    """The outcome of one input row: its output conversation, or the error that sank it."""
+    """One input row's result for ``ainfer_partial``: its output conversation, or its error."""
 
     index: int
     conversation: Conversation | None = None
     error: InferlineError | None = None
 
 
-class BaseInferenceEngine(ABC):
-    """Base of all engines. Construction is cheap: no weights, no network."""
+def output_conversation(conversation: Conversation, done: Completion) -> Conversation:
+    """``conversation`` plus the answer; provenance in ``metadata`` (the Oumi edge)."""
+    meta: dict[str, Any] = {"usage": done.usage.as_dict(), "finish_reason": done.finish_reason,
+                            "served_by": done.served_by}
+    if done.attempts:
+        meta["attempts"] = [a.as_dict() for a in done.attempts]
+    return conversation.append(Message(role=Role.ASSISTANT, content=done.text), **meta)
+
+
+class Generator(ABC):
+    """Anything that runs conversations: an engine or a fallback chain."""
+
+    name: str
+
+    @abstractmethod
+    async def agenerate(self, conversations: Sequence[Conversation],
+                        inference_config: InferenceConfig | None = None) -> list[Outcome]:
+        """One outcome per conversation, in order: a ``Completion`` or the row's error."""
+
+    @abstractmethod
+    def astream(self, conversation: Conversation,
+                inference_config: InferenceConfig | None = None) -> AsyncIterator[StreamChunk]:
+        """Text chunks as generated; the last has finish_reason and usage. Errors raise."""
+
+    def preflight(self) -> None:
+        """Cheap check that this can run here; raises ``EngineUnavailableError``."""
+
+    async def aload(self) -> None:
+        """Load whatever must be loaded before the first call."""
+
+    async def aclose(self) -> None:
+        """Release sessions, processes and memory."""
+
+    # -- adapters over agenerate: written once, never overridden ---------------------
+
+    async def ainfer(self, conversations: Sequence[Conversation],
+                     inference_config: InferenceConfig | None = None) -> list[Conversation]:
+        """All outputs in input order, or the first row's error raised (after every row ran)."""
+        outcomes = await self.agenerate(conversations, inference_config)
+        for outcome in outcomes:
+            if not isinstance(outcome, Completion):
+                raise outcome
+        return [output_conversation(c, o)  # type: ignore[arg-type]
+                for c, o in zip(conversations, outcomes, strict=True)]
+
+    async def ainfer_partial(self, conversations: Sequence[Conversation],
+                             inference_config: InferenceConfig | None = None) -> list[RowResult]:
+        """Every row's result in input order; failures are returned, not raised."""
+        outcomes = await self.agenerate(conversations, inference_config)
+        return [RowResult(i, output_conversation(c, o)) if isinstance(o, Completion)
+                else RowResult(i, error=o)
+                for i, (c, o) in enumerate(zip(conversations, outcomes, strict=True))]
+
+    def infer(self, conversations: Sequence[Conversation] | None = None,
+              inference_config: InferenceConfig | None = None) -> list[Conversation]:
+        """Sync ``ainfer``; safe inside a running event loop (it runs on a helper loop).
+
+        With ``conversations`` None, reads ``inference_config.input_path``; with
+        ``output_path`` set, writes each row as its wave completes and resumes a
+        partial file (the same runner as ``inferline run``).
+        """
+        if conversations is None or (inference_config and inference_config.output_path):
+            from inferline.pipelines.runner import ainfer_file
+
+            return portal.run(ainfer_file(self, conversations, inference_config))
+        return portal.run(self.ainfer(conversations, inference_config))
+
+    def infer_partial(self, conversations: Sequence[Conversation],
+                      inference_config: InferenceConfig | None = None) -> list[RowResult]:
+        return portal.run(self.ainfer_partial(conversations, inference_config))
+
+    def close(self) -> None:
+        portal.run(self.aclose())
+
+    async def __aenter__(self) -> Generator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: a question any instruct model answers, and a word its answer must contain. The prompt is
+#: one a 4-bit 135M model answers by a wide margin (~1.9 logits), so rounding cannot flip it
+SELF_CHECK = (Conversation.from_prompt("What is the capital of France?",
+                                       "You are a helpful assistant. Answer in one word."),
+              "paris")
+
+
+class BaseInferenceEngine(Generator):
+    """Base of all engines. Construction is cheap: no weights, no network.
+
+    With ``self_check`` set (settings: ``engines.<name>.self_check``), the first load
+    also asks ``SELF_CHECK``'s question; a wrong answer (a backend build that computes
+    garbage on this CPU) makes the engine unavailable, with the answer as the reason.
+    """
 
     engine_type: ClassVar[InferenceEngineType]
     #: Generation parameters this engine honours (names of ``GenerationParams`` fields).
@@ -78,6 +208,7 @@ class BaseInferenceEngine(ABC):
     can_stream: ClassVar[bool] = False
     supports_images: ClassVar[bool] = False
     requires_gpu: ClassVar[bool] = False
+    self_check: bool = False
 
     def __init__(self, model_params: ModelParams, *,
                  generation_params: GenerationParams | None = None,
@@ -88,6 +219,7 @@ class BaseInferenceEngine(ABC):
         self._check_params(self.generation_params)
         self._loaded = False
         self._load_lock = threading.Lock()
+        self._checked: str | EngineUnavailableError | None = None  # the self-check's answer
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={self.model_params.model_name!r})"
@@ -105,12 +237,12 @@ class BaseInferenceEngine(ABC):
 
     def _generation(self, config: InferenceConfig | None) -> GenerationParams:
         """The engine's defaults, overridden by the fields ``config`` sets explicitly."""
-        if config is None:
+        if config is None or not config.generation.model_fields_set:
             return self.generation_params
         # attributes, not model_dump(): model_copy does not re-validate, so nested
         # models (guided_decoding) must stay models
         overrides = {k: getattr(config.generation, k) for k in config.generation.model_fields_set}
-        params = self.generation_params.model_copy(update=overrides) if overrides else self.generation_params
+        params = self.generation_params.model_copy(update=overrides)
         self._check_params(params)
         return params
 
@@ -135,112 +267,82 @@ class BaseInferenceEngine(ABC):
     def _load(self) -> None:
         """Backend hook for ``load``; blocking work is fine here."""
 
-    async def _aensure_loaded(self) -> None:
+    async def aload(self) -> None:
         if not self._loaded:
             await asyncio.to_thread(self.load)
+        if self.self_check and self._checked is None:
+            try:
+                self._checked = await self.acheck()
+            except EngineUnavailableError as exc:
+                self._checked = exc
+        if isinstance(self._checked, EngineUnavailableError):
+            raise self._checked
 
-    async def aclose(self) -> None:
-        """Release sessions, processes and memory. The engine may be loaded again later."""
+    async def acheck(self) -> str:
+        """Ask ``SELF_CHECK``'s question (greedy); its answer, or ``EngineUnavailableError``."""
+        await asyncio.to_thread(self.load)
+        conversation, expect = SELF_CHECK
+        question = conversation.messages[-1].text
+        [done] = await self._agenerate([conversation], GenerationParams(max_new_tokens=16))
+        if not isinstance(done, Completion):
+            raise EngineUnavailableError(f"self-check failed: {done}", engine=self.name)
+        if expect not in done.text.lower():
+            raise EngineUnavailableError(
+                f"self-check failed: asked {question!r}, got {done.text.strip()[:80]!r}; "
+                "this build may compute wrong results on this CPU", engine=self.name)
+        return done.text.strip()
 
-    def close(self) -> None:
-        portal.run(self.aclose())
+    # -- the one primitive -------------------------------------------------------
 
-    async def __aenter__(self) -> BaseInferenceEngine:
-        return self
+    async def agenerate(self, conversations: Sequence[Conversation],
+                        inference_config: InferenceConfig | None = None) -> list[Outcome]:
+        """One outcome per conversation, in order; never raises for a row's failure.
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        A parameter this engine cannot honour fails each row with
+        ``UnsupportedParameterError`` (the engine stays available). Local engines
+        run ``generation.batch_size`` conversations per backend call (all by default).
+        """
+        try:
+            params = self._generation(inference_config)
+            await self.aload()
+        except InferlineError as exc:
+            return [exc] * len(conversations)
+        size = params.batch_size or max(len(conversations), 1)
+        outcomes: list[Outcome] = []
+        for start in range(0, len(conversations), size):
+            chunk = conversations[start:start + size]
+            try:
+                outcomes.extend(await self._agenerate(chunk, params))
+            except InferlineError as exc:
+                outcomes.extend([exc] * len(chunk))
+        for outcome in outcomes:
+            if isinstance(outcome, Completion):
+                outcome.served_by = self.name
+        return outcomes
 
-    def __enter__(self) -> BaseInferenceEngine:
-        return self
+    async def astream(self, conversation: Conversation,
+                      inference_config: InferenceConfig | None = None,
+                      ) -> AsyncIterator[StreamChunk]:
+        params = self._generation(inference_config)
+        await self.aload()
+        async for chunk in self._astream(conversation, params):
+            chunk.served_by = self.name
+            yield chunk
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- inference --------------------------------------------------------------
+    # -- backend hooks -------------------------------------------------------------
 
     @abstractmethod
     async def _agenerate(self, conversations: Sequence[Conversation],
-                         params: GenerationParams) -> list[Completion]:
-        """One completion per conversation, in order. Raise ``EngineError`` subclasses."""
+                         params: GenerationParams) -> Sequence[Outcome]:
+        """One outcome per conversation, in order; raise an ``EngineError`` to fail them all."""
 
     async def _astream(self, conversation: Conversation,
                        params: GenerationParams) -> AsyncIterator[StreamChunk]:
         """Backends that stream override this; the default yields one whole chunk."""
         [done] = await self._agenerate([conversation], params)
+        if not isinstance(done, Completion):
+            raise done
         yield StreamChunk(done.text, done.finish_reason, done.usage)
-
-    def _output(self, conversation: Conversation, completion: Completion) -> Conversation:
-        return conversation.append(
-            Message(role=Role.ASSISTANT, content=completion.text),
-            usage=completion.usage.as_dict(), finish_reason=completion.finish_reason,
-            engine=self.name,
-        )
-
-    async def aiter_results(self, conversations: Sequence[Conversation],
-                            inference_config: InferenceConfig | None = None,
-                            ) -> AsyncIterator[RowResult]:
-        """Yield one ``RowResult`` per conversation as it completes (order not guaranteed).
-
-        A failed row carries its error; the other rows still run. Local engines
-        run ``generation.batch_size`` conversations per backend call (all by default).
-        """
-        params = self._generation(inference_config)
-        await self._aensure_loaded()
-        size = params.batch_size or max(len(conversations), 1)
-        for start in range(0, len(conversations), size):
-            chunk = conversations[start:start + size]
-            try:
-                completions = await self._agenerate(chunk, params)
-            except EngineError as exc:
-                for i in range(len(chunk)):
-                    yield RowResult(start + i, error=exc)
-                continue
-            for i, (conv, done) in enumerate(zip(chunk, completions, strict=True)):
-                yield RowResult(start + i, self._output(conv, done))
-
-    async def ainfer(self, conversations: Sequence[Conversation],
-                     inference_config: InferenceConfig | None = None) -> list[Conversation]:
-        """All outputs in input order, or the first error (all-or-nothing)."""
-        outputs: list[Conversation | None] = [None] * len(conversations)
-        async for result in self.aiter_results(conversations, inference_config):
-            if result.error is not None:
-                raise result.error
-            outputs[result.index] = result.conversation
-        return outputs  # type: ignore[return-value]
-
-    async def ainfer_partial(self, conversations: Sequence[Conversation],
-                             inference_config: InferenceConfig | None = None) -> list[RowResult]:
-        """Every row's result in input order; failures are returned, not raised."""
-        results = [r async for r in self.aiter_results(conversations, inference_config)]
-        return sorted(results, key=lambda r: r.index)
-
-    async def astream(self, conversation: Conversation,
-                      inference_config: InferenceConfig | None = None,
-                      ) -> AsyncIterator[StreamChunk]:
-        """Text chunks as they are generated; the last one has finish_reason and usage."""
-        params = self._generation(inference_config)
-        await self._aensure_loaded()
-        async for chunk in self._astream(conversation, params):
-            yield chunk
-
-    def infer(self, conversations: Sequence[Conversation] | None = None,
-              inference_config: InferenceConfig | None = None) -> list[Conversation]:
-        """Sync ``ainfer``; safe inside a running event loop (it runs on a helper loop).
-
-        With ``conversations`` None, reads ``inference_config.input_path``; with
-        ``output_path`` set, writes each result as it completes and resumes a
-        partial file (see ``inferline.core.batch``).
-        """
-        from inferline.core.batch import ainfer_files
-
-        if conversations is None or (inference_config and inference_config.output_path):
-            return portal.run(ainfer_files(self, conversations, inference_config))
-        return portal.run(self.ainfer(conversations, inference_config))
-
-    def infer_partial(self, conversations: Sequence[Conversation],
-                      inference_config: InferenceConfig | None = None) -> list[RowResult]:
-        return portal.run(self.ainfer_partial(conversations, inference_config))
 
     def describe(self) -> dict[str, Any]:
         """Capabilities, for ``inferline engines`` and the gateway's /ready."""

@@ -36,8 +36,13 @@ class EngineCatalog:
                 raise ConfigurationError(f"unknown engine {name!r}", key="engines", hint=hint)
             engine = build_engine(spec.type, spec.model, generation_params=spec.generation,
                                   remote_params=spec.remote_params, name=name)
+            engine.self_check = spec.self_check
             self._built[name] = engine
         return engine
+
+    def add(self, name: str, engine: BaseInferenceEngine) -> None:
+        """Adopt an engine built elsewhere (``inferline infer --engine``): closed with the rest."""
+        self._built[name] = engine
 
     async def aclose(self) -> None:
         for engine in self._built.values():

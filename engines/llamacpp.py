@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import Field
 
-from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams
+from inferline.core.configs import GenerationParams, InferenceEngineType
 from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk, Usage
+from inferline.engines.base import Completion, StreamChunk, Usage
 from inferline.engines.local import (
     Emit,
+    LocalInferenceEngine,
     Options,
     chat_messages,
     check_model_fits,
-    parse_options,
     stream_from_thread,
 )
 from inferline.engines.models import resolve_model
@@ -38,6 +38,7 @@ from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
     FatalEngineError,
+    UnsupportedRequestError,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ class LlamaCppOptions(Options):
     n_threads_batch: int | None = Field(default=None, gt=0)
     low_vram: bool = False
     offload_kqv: bool | None = None
-    flash_attn: bool = False
+    #: on by default, as in llama.cpp's own tools: the non-flash prompt path with an F16 KV
+    #: cache computes wrong results on AVX2 kernels (README: "llama.cpp on every CPU")
+    flash_attn: bool = True
     use_mmap: bool = True
     use_mlock: bool = False
     main_gpu: int = 0
@@ -85,24 +88,19 @@ class LlamaCppOptions(Options):
         return kwargs
 
 
-class LlamaCppInferenceEngine(BaseInferenceEngine):
+class LlamaCppInferenceEngine(LocalInferenceEngine):
     """Runs a GGUF model in-process with llama-cpp-python; streams; one call at a time."""
 
     engine_type = InferenceEngineType.LLAMACPP
     supported_params = frozenset({
         "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
         "presence_penalty", "stop_strings", "seed", "logit_bias", "batch_size"})
-    is_local = True
     can_stream = True
+    options_class = LlamaCppOptions
+    options: LlamaCppOptions
 
-    def __init__(self, model_params: ModelParams, *,
-                 generation_params: GenerationParams | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(model_params, generation_params=generation_params, name=name)
-        self.options = parse_options(LlamaCppOptions, model_params.model_kwargs, engine=self.name)
-        self._llm: Llama | None = None
-        self._formatter: Jinja2ChatFormatter | None = None
-        self._lock = threading.Lock()  # llama.cpp contexts are not thread-safe
+    _llm: Llama | None = None
+    _formatter: Jinja2ChatFormatter | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -159,7 +157,7 @@ class LlamaCppInferenceEngine(BaseInferenceEngine):
             presence_penalty=params.presence_penalty, stop=list(params.stop_strings or []),
             seed=params.seed)
         if params.logit_bias:
-            kwargs["logit_bias"] = _token_bias(params.logit_bias)
+            kwargs["logit_bias"] = _token_bias(params.logit_bias, self.name)
         return kwargs
 
     async def _agenerate(self, conversations: Sequence[Conversation],
@@ -228,9 +226,10 @@ class LlamaCppInferenceEngine(BaseInferenceEngine):
                                 special=True))
 
 
-def _token_bias(bias: dict[str, float]) -> dict[int, float]:
+def _token_bias(bias: dict[str, float], engine: str) -> dict[int, float]:
+    """``logit_bias`` keyed by token id; other keys fail this request, not the engine."""
     try:
         return {int(token): value for token, value in bias.items()}
     except ValueError:
-        raise ConfigurationError("llama.cpp takes logit_bias keyed by token id",
-                                 key="generation.logit_bias") from None
+        raise UnsupportedRequestError("generation.logit_bias: this engine takes logit_bias "
+                                      "keyed by token id", engine=engine) from None

@@ -14,14 +14,20 @@ import difflib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from inferline.core.configs import GenerationParams, ModelParams
 from inferline.core.types import Conversation
+from inferline.engines.base import BaseInferenceEngine
 from inferline.engines.hardware import check_fits, estimate_memory, params_from_hf_dir
 from inferline.engines.models import hf_dtype, looks_like_path, packaged
-from inferline.errors import ConfigurationError, EngineUnavailableError, FatalEngineError
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    FatalEngineError,
+)
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 Emit = Callable[[Any], None]
@@ -31,6 +37,23 @@ class Options(BaseModel):
     """Base of the engines' typed ``model_kwargs``: a misspelt key is an error."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LocalInferenceEngine(BaseInferenceEngine):
+    """Base of the in-process engines: typed ``model_kwargs`` (``options_class``) and one
+    backend call at a time (``_lock``): the backends are not thread-safe, and one call
+    already uses every core."""
+
+    is_local = True
+    options_class: ClassVar[type[Options]]
+
+    def __init__(self, model_params: ModelParams, *,
+                 generation_params: GenerationParams | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(model_params, generation_params=generation_params, name=name)
+        self.options: Any = parse_options(self.options_class, model_params.model_kwargs,
+                                          engine=self.name)
+        self._lock = threading.Lock()
 
 
 def parse_options(cls: type[OptionsT], kwargs: dict[str, Any], *, engine: str) -> OptionsT:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferline.engines.hub import resolve_hub
-from inferline.engines.provision import MARKER, build_hf, gguf_marker, locked, unpack_gguf, valid
+from inferline.engines.provision import (
+    MARKER,
+    build_hf,
+    gguf_marker,
+    locked,
+    unpack_gguf,
+    valid,
+)
 from inferline.errors import ConfigurationError, EngineUnavailableError
 
 __all__ = ["DEFAULT_MODEL", "PACKAGED", "PackagedModel", "data_dir", "gguf_path", "hf_dtype",

@@ -19,22 +19,26 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams
+from inferline.core.configs import GenerationParams, InferenceEngineType
 from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk, Usage
+from inferline.engines.base import Completion, StreamChunk, Usage
 from inferline.engines.hardware import cuda_available
 from inferline.engines.local import (
     Emit,
+    LocalInferenceEngine,
     Options,
     StopStrings,
     chat_messages,
     check_model_fits,
     cut_at_stop,
-    parse_options,
     stream_from_thread,
 )
 from inferline.engines.models import resolve_model
-from inferline.errors import ConfigurationError, EngineUnavailableError, FatalEngineError
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    FatalEngineError,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -61,24 +65,19 @@ class NativeOptions(Options):
     revision: str | None = None
 
 
-class NativeTextInferenceEngine(BaseInferenceEngine):
+class NativeTextInferenceEngine(LocalInferenceEngine):
     """Runs a Hugging Face model with ``model.generate``; batches; streams."""
 
     engine_type = InferenceEngineType.NATIVE
     supported_params = frozenset({
         "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "stop_strings",
         "stop_token_ids", "seed", "logit_bias", "skip_special_tokens", "batch_size"})
-    is_local = True
     can_stream = True
+    options_class = NativeOptions
+    options: NativeOptions
 
-    def __init__(self, model_params: ModelParams, *,
-                 generation_params: GenerationParams | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(model_params, generation_params=generation_params, name=name)
-        self.options = parse_options(NativeOptions, model_params.model_kwargs, engine=self.name)
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._lock = threading.Lock()  # one generate at a time: it already uses every core
+    _model: Any = None
+    _tokenizer: Any = None
 
     # -- lifecycle --------------------------------------------------------------
 

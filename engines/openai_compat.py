@@ -13,11 +13,16 @@
 
 from __future__ import annotations
 
-import orjson
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from inferline.core.configs import GenerationParams, GuidedDecodingParams, InferenceEngineType
+import orjson
+
+from inferline.core.configs import (
+    GenerationParams,
+    GuidedDecodingParams,
+    InferenceEngineType,
+)
 from inferline.core.types import ContentItem, ContentType, Conversation, Message
 from inferline.engines._images import data_url
 from inferline.engines.base import Completion, StreamChunk, Usage

@@ -19,7 +19,7 @@ most often a proxy or load balancer cutting a reply short.
 
     engine = RemoteInferenceEngine(ModelParams(model_name="m"),
                                    remote_params=RemoteParams(api_url=url, num_workers=64))
-    async for row in engine.aiter_results(conversations): ...
+    outcomes = await engine.agenerate(conversations)   # a Completion or an error per row
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 import structlog
+
+from inferline.core.configs import GenerationParams, ModelParams, RemoteParams
+from inferline.core.types import Conversation
 from inferline.engines._http import (
     LoopState,
     LoopStates,
@@ -44,22 +47,9 @@ from inferline.engines._http import (
     transport_error,
 )
 from inferline.engines._pacing import backoff_delay
-from inferline.engines._pool import iter_pool, run_pool
+from inferline.engines._pool import run_pool
 from inferline.engines._sse import iter_sse
-from inferline.engines.base import (
-    BaseInferenceEngine,
-    Completion,
-    RowResult,
-    StreamChunk,
-)
-
-from inferline.core.configs import (
-    GenerationParams,
-    InferenceConfig,
-    ModelParams,
-    RemoteParams,
-)
-from inferline.core.types import Conversation
+from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk
 from inferline.errors import (
     ConfigurationError,
     EngineError,
@@ -176,31 +166,76 @@ class BaseRemoteEngine(BaseInferenceEngine):
         """Close the sessions this engine opened (on every loop it ran on)."""
         await self._states.aclose()
 
-    # -- one request --------------------------------------------------------------
+    # -- one request: the one send path, and the one retry loop over it ----------
 
-    async def _complete(self, conversation: Conversation, base: Body, state: LoopState) -> Completion:
-        """POST one conversation, retrying transient failures; the parsed completion.
+    async def _exchange(self, conversation: Conversation, base: Body, state: LoopState, *,
+                        stream: bool) -> AsyncIterator[Completion | StreamChunk]:
+        """One conversation's request, retrying transient failures: a ``Completion``, or
+        the stream's chunks.
 
-        After each success the worker rests ``politeness_policy`` seconds; after a
-        failure it waits the back-off (at least that long).
+        Failures before anything was yielded are retried (after back-off); after that the
+        error is raised, since the caller already holds part of the answer. After each
+        success the worker rests ``politeness_policy`` seconds.
         """
         data = orjson.dumps(self._body(conversation, base))
         estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
         pause, attempt = self.remote_params.politeness_policy, 0
         while True:
+            used = sent = 0
             try:
+                if estimate:
+                    await state.limiter.acquire(estimate)
                 async with state.slots:
-                    done = await self._post(data, state, estimate)
+                    async for item in self._send(data, state, stream):
+                        sent += 1
+                        used = _tokens(item) or used
+                        yield item
                     if pause:
                         await asyncio.sleep(pause)
-                state.limiter.settle(estimate, done.usage.prompt_tokens + done.usage.completion_tokens)
-                return done
+                state.limiter.settle(estimate, used)
+                return
             except EngineError as exc:
                 state.limiter.settle(estimate, 0)  # a failed try hands its tokens back
-                if not isinstance(exc, RetryableEngineError):
+                if sent or not isinstance(exc, RetryableEngineError):
                     raise
                 attempt += 1
                 await self._before_retry(exc, attempt)
+
+    async def _send(self, data: bytes, state: LoopState,
+                    stream: bool) -> AsyncIterator[Completion | StreamChunk]:
+        """POST ``data`` once: the parsed completion, or the stream's chunks then a last one
+        with finish_reason and usage. HTTP and transport failures become engine errors."""
+        if self.refreshes_auth:
+            await self._refresh_auth()
+        headers = self._headers()
+        try:
+            async with state.session.post(self.api_url, data=json_body(data), headers=headers,
+                                          timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise await self._status_error(resp)
+                if not stream:
+                    yield self._parse(await resp.read())
+                    return
+                final = StreamChunk()
+                async for event, payload in iter_sse(resp.content):
+                    chunk = self._parse_event(event, payload)
+                    if chunk is None:
+                        break
+                    merge_final(final, chunk)
+                    if chunk.text:
+                        yield StreamChunk(chunk.text)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
+        if final.finish_reason is None:
+            raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
+        yield final
+
+    async def _complete(self, conversation: Conversation, base: Body, state: LoopState) -> Completion:
+        done = None
+        async for done in self._exchange(conversation, base, state, stream=False):
+            pass  # run the exchange to its end: that releases the slot and settles the limiter
+        assert isinstance(done, Completion)
+        return done
 
     async def _before_retry(self, exc: RetryableEngineError, attempt: int) -> None:
         """Sleep before retry ``attempt``, or re-raise once retries are spent."""
@@ -216,27 +251,20 @@ class BaseRemoteEngine(BaseInferenceEngine):
                  delay_s=round(delay, 3), error=exc.message)
         await asyncio.sleep(delay)
 
-    async def _post(self, data: bytes, state: LoopState, estimate: int) -> Completion:
-        if state.limiter.active:
-            await state.limiter.acquire(estimate)
-        if self.refreshes_auth:
-            await self._refresh_auth()
-        headers = self._headers()
-        try:
-            async with state.session.post(self.api_url, data=json_body(data), headers=headers,
-                                          timeout=self._timeout) as resp:
-                if resp.status != 200:
-                    raise await self._status_error(resp)
-                raw = await resp.read()
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from exc
-        return self._parse(raw)
-
     def _parse(self, raw: bytes) -> Completion:
         try:
             return self._completion(orjson.loads(raw))
         except _PARSE_ERRORS as exc:
             raise malformed("a 200 reply", raw, exc, engine=self.name) from exc
+
+    def _parse_event(self, event: str, data: str) -> StreamChunk | None:
+        """The event as a chunk (empty when it carries nothing); None at the end of stream."""
+        try:
+            return self._stream_event(event, data) or StreamChunk()
+        except StreamEnd:
+            return None
+        except _PARSE_ERRORS as exc:
+            raise malformed("a stream event", data, exc, engine=self.name) from exc
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> EngineError:
         return status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"),
@@ -260,65 +288,12 @@ class BaseRemoteEngine(BaseInferenceEngine):
         chars = sum(len(m.text) for m in conversation.messages)
         return chars // 4 + int(base.get("max_tokens") or base.get("max_completion_tokens") or 0)
 
-    # -- many requests --------------------------------------------------------------
-
-    async def _iter_completions(self, conversations: Sequence[Conversation],
-                                params: GenerationParams,
-                                ) -> AsyncIterator[tuple[int, Completion | EngineError]]:
-        """``(index, completion or engine error)`` as requests finish; ``num_workers`` in flight."""
-        base, state = self._request_base(params, stream=False), self._states.get()
-
-        async def job(i: int) -> Completion:
-            return await self._complete(conversations[i], base, state)
-
-        async for i, outcome in iter_pool(len(conversations), self.remote_params.num_workers, job):
-            if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
-                raise outcome  # a bug or bad input, not a row failure
-            yield i, outcome
-
-    async def aiter_results(self, conversations: Sequence[Conversation],
-                            inference_config: InferenceConfig | None = None,
-                            ) -> AsyncIterator[RowResult]:
-        """One ``RowResult`` per conversation as its request completes (not in order)."""
-        params = self._generation(inference_config)
-        await self._aensure_loaded()
-        async for i, item in self._iter_completions(conversations, params):
-            if isinstance(item, EngineError):
-                yield RowResult(i, error=item)
-            else:
-                yield RowResult(i, self._output(conversations[i], item))
-
-    async def ainfer(self, conversations: Sequence[Conversation],
-                     inference_config: InferenceConfig | None = None) -> list[Conversation]:
-        """All outputs in input order, or the first error (all-or-nothing).
-
-        The base class's semantics on the hot path of a large batch: output
-        conversations are built once every request is done, so the garbage
-        collector does not rescan them while requests are in flight.
-        """
-        params = self._generation(inference_config)
-        await self._aensure_loaded()
-        done = await self._agenerate(conversations, params)
-        return [self._output(c, d) for c, d in zip(conversations, done)]
-
-    async def ainfer_partial(self, conversations: Sequence[Conversation],
-                             inference_config: InferenceConfig | None = None) -> list[RowResult]:
-        """Every row's result in input order, on the same batch path as ``ainfer``."""
-        params = self._generation(inference_config)
-        await self._aensure_loaded()
-        done = await self._complete_all(conversations, params, stop_on_error=False)
-        return [RowResult(i, error=d) if isinstance(d, EngineError)
-                else RowResult(i, self._output(c, d))
-                for i, (c, d) in enumerate(zip(conversations, done))]
+    # -- the backend hooks: many requests, one stream ---------------------------------
 
     async def _agenerate(self, conversations: Sequence[Conversation],
-                         params: GenerationParams) -> list[Completion]:
-        return await self._complete_all(conversations, params, stop_on_error=True)
-
-    async def _complete_all(self, conversations: Sequence[Conversation], params: GenerationParams,
-                            *, stop_on_error: bool) -> list[Any]:
-        """A completion, or the ``EngineError`` that ended it, per conversation; the first
-        error is raised instead with ``stop_on_error`` (and the rest cancelled)."""
+                         params: GenerationParams) -> list[Completion | EngineError]:
+        """A completion, or the ``EngineError`` that ended it, per conversation;
+        ``num_workers`` requests in flight."""
         base, state = self._request_base(params, stream=False), self._states.get()
         out: list[Any] = [None] * len(conversations)
 
@@ -326,73 +301,20 @@ class BaseRemoteEngine(BaseInferenceEngine):
             return await self._complete(conversations[i], base, state)
 
         async def keep(i: int, outcome: Any) -> None:
-            if isinstance(outcome, Exception) and (
-                    stop_on_error or not isinstance(outcome, EngineError)):
-                raise outcome  # (a non-engine error is a bug or bad input, not a row failure)
+            if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
+                raise outcome  # a bug or bad input, not a row failure
             out[i] = outcome
 
         await run_pool(len(conversations), self.remote_params.num_workers, job, keep)
         return out
 
-    # -- streaming -------------------------------------------------------------------
-
     async def _astream(self, conversation: Conversation,
                        params: GenerationParams) -> AsyncIterator[StreamChunk]:
-        """Text as it arrives, then one last chunk with finish_reason and usage.
-
-        Failures before the first chunk are retried like plain requests; after
-        that the error is raised (the caller already holds part of the answer).
-        """
         state, base = self._states.get(), self._request_base(params, stream=True)
-        data = orjson.dumps(self._body(conversation, base))
-        estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
-        attempt, sent = 0, False
-        while True:
-            try:
-                if estimate:
-                    await state.limiter.acquire(estimate)
-                async with state.slots:
-                    async for chunk in self._stream_once(data, state):
-                        sent = True
-                        yield chunk
-                used = chunk.usage.prompt_tokens + chunk.usage.completion_tokens if chunk.usage else 0
-                state.limiter.settle(estimate, used)
-                return
-            except RetryableEngineError as exc:
-                state.limiter.settle(estimate, 0)
-                if sent:
-                    raise
-                attempt += 1
-                await self._before_retry(exc, attempt)
+        async for chunk in self._exchange(conversation, base, state, stream=True):
+            yield chunk  # type: ignore[misc]
 
-    async def _stream_once(self, data: bytes, state: LoopState) -> AsyncIterator[StreamChunk]:
-        if self.refreshes_auth:
-            await self._refresh_auth()
-        headers = self._headers()
-        final = StreamChunk()
-        try:
-            async with state.session.post(self.api_url, data=json_body(data), headers=headers,
-                                          timeout=self._timeout) as resp:
-                if resp.status != 200:
-                    raise await self._status_error(resp)
-                async for event, payload in iter_sse(resp.content):
-                    chunk = self._parse_event(event, payload)
-                    if chunk is None:
-                        break
-                    merge_final(final, chunk)
-                    if chunk.text:
-                        yield StreamChunk(chunk.text)
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from exc
-        if final.finish_reason is None:
-            raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
-        yield final
 
-    def _parse_event(self, event: str, data: str) -> StreamChunk | None:
-        """The event as a chunk (empty when it carries nothing); None at the end of stream."""
-        try:
-            return self._stream_event(event, data) or StreamChunk()
-        except StreamEnd:
-            return None
-        except _PARSE_ERRORS as exc:
-            raise malformed("a stream event", data, exc, engine=self.name) from exc
+def _tokens(item: Completion | StreamChunk) -> int:
+    usage = item.usage
+    return usage.prompt_tokens + usage.completion_tokens if usage is not None else 0

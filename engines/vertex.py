@@ -27,7 +27,12 @@ from typing import Any
 
 import aiohttp
 
-from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams, RemoteParams
+from inferline.core.configs import (
+    GenerationParams,
+    InferenceEngineType,
+    ModelParams,
+    RemoteParams,
+)
 from inferline.engines.openai_compat import RemoteInferenceEngine
 from inferline.errors import EngineUnavailableError, RetryableEngineError
 

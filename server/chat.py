@@ -19,8 +19,8 @@ import structlog
 from aiohttp import web
 
 from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, StreamChunk
-from inferline.errors import AllEnginesFailedError, Attempt, EngineError, InferlineError
+from inferline.engines.base import Completion, Generator, StreamChunk, Usage
+from inferline.errors import AllEnginesFailedError, EngineError, InferlineError
 from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
 from inferline.server.gateway import GATEWAY, Gateway
@@ -30,7 +30,6 @@ from inferline.server.openai_api import (
     completion_body,
     new_completion_id,
     parse_chat_request,
-    usage_dict,
 )
 from inferline.server.sse import SseWriter
 
@@ -40,13 +39,25 @@ ENGINE_HEADER = "x-inferline-engine"
 
 
 async def read_json(request: web.Request) -> Any:
-    """The decoded body; ``ApiError(400)`` saying where it stops being JSON."""
+    """The decoded body; ``ApiError(400)`` saying where it stops being JSON, or that it is
+    nested over 100 levels deep (encoders further on give up: orjson at 255)."""
     raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
+    too_deep = ApiError(400, "the request body is nested too deeply (over 100 levels)",
+                        code="invalid_json")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}",
                        code="invalid_json") from None
+    except RecursionError:  # the decoder recurses once per nested [ or {
+        raise too_deep from None
+    level = [body]
+    for _ in range(100):  # each pass goes one level down, without recursing
+        level = [v for x in level if isinstance(x, (dict, list))
+                 for v in (x.values() if isinstance(x, dict) else x)]
+    if level:
+        raise too_deep
+    return body
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -56,30 +67,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     request[LOG_FIELDS].update(model=req.model, stream=req.stream)
     if req.stream:
         return await stream_chat(request, gw, engine, req)
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout_at(request[DEADLINE]):
-            [out] = await engine.ainfer([req.conversation], req.inference_config)
-    except InferlineError as exc:
-        record_failure(gw, req.model, exc)
-        raise
-    served = served_info(engine, out.metadata, time.monotonic() - started)
-    record_success(request, gw, req, served, out.metadata.get("usage"))
-    log_exchange(request, gw, req, out.last_message().text if out.last_message() else "")
-    return web.json_response(completion_body(req.model, out, served),
-                             headers={ENGINE_HEADER: served["served_by"]})
+    async with asyncio.timeout_at(request[DEADLINE]):
+        [done] = await engine.agenerate([req.conversation], req.inference_config)
+    if not isinstance(done, Completion):
+        record_failure(gw, req.model, done)
+        raise done
+    served = done.provenance()
+    record_success(request, gw, req, served)
+    log_exchange(request, gw, req, done.text)
+    return web.json_response(completion_body(req.model, done),
+                             headers={ENGINE_HEADER: done.served_by})
 
 
-async def stream_chat(request: web.Request, gw: Gateway, engine: BaseInferenceEngine,
+async def stream_chat(request: web.Request, gw: Gateway, engine: Generator,
                       req: ChatRequest) -> web.StreamResponse:
     """Stream as OpenAI chunks. Headers wait for the first chunk, so a request that fails
     before any text (bad parameter, every engine down) still gets a JSON error and status."""
-    started, stream = time.monotonic(), _Stream(request, req)
+    stream = _Stream(request, req)
     chunks = engine.astream(req.conversation, req.inference_config)
     try:
         async with asyncio.timeout_at(request[DEADLINE]):
             async for chunk in chunks:
-                await stream.add(chunk, engine)
+                await stream.add(chunk)
     except (InferlineError, TimeoutError) as exc:
         if isinstance(exc, InferlineError):
             record_failure(gw, req.model, exc)
@@ -91,8 +100,8 @@ async def stream_chat(request: web.Request, gw: Gateway, engine: BaseInferenceEn
         return stream.sse.response
     finally:
         await chunks.aclose()
-    served = served_info(engine, stream.metadata(), time.monotonic() - started)
-    record_success(request, gw, req, served, stream.usage)
+    served = stream.done(engine.name).provenance()
+    record_success(request, gw, req, served)
     log_exchange(request, gw, req, "".join(stream.text))
     return await stream.finish(served)
 
@@ -105,37 +114,38 @@ class _Stream:
         self.cid, self.created = new_completion_id(), int(time.time())
         self.sse = SseWriter(request)
         self.text: list[str] = []
-        self.finish_reason: str | None = None
-        self.usage: dict[str, int] | None = None
-        self.served_by: str | None = None
+        self.last = StreamChunk()  # finish_reason, usage and provenance, as they arrive
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return chunk_body(self.cid, self.created, self.req.model, delta, finish)
 
-    async def add(self, chunk: StreamChunk, engine: BaseInferenceEngine) -> None:
+    async def add(self, chunk: StreamChunk) -> None:
         if not self.sse.started:
-            self.served_by = _chunk_engine(chunk, engine)
-            self.sse.response.headers[ENGINE_HEADER] = self.served_by
+            self.sse.response.headers[ENGINE_HEADER] = chunk.served_by or ""
             await self.sse.send(self._chunk({"role": "assistant", "content": ""}))
         if chunk.text:
             self.text.append(chunk.text)
             await self.sse.send(self._chunk({"content": chunk.text}))
-        self.finish_reason = chunk.finish_reason or self.finish_reason
-        if chunk.usage is not None:
-            self.usage = chunk.usage.as_dict()
+        last = self.last
+        last.served_by = chunk.served_by or last.served_by
+        last.finish_reason = chunk.finish_reason or last.finish_reason
+        last.usage = chunk.usage or last.usage
+        last.attempts = chunk.attempts or last.attempts
 
-    def metadata(self) -> dict[str, Any]:
-        return {"served_by": self.served_by} if self.served_by else {}
+    def done(self, default_engine: str) -> Completion:
+        """What was streamed, as a completion (for provenance and metrics)."""
+        last = self.last
+        return Completion("", last.finish_reason, last.usage or Usage(),
+                          last.served_by or default_engine, last.attempts or [])
 
     async def finish(self, served: dict[str, Any]) -> web.StreamResponse:
         if not self.sse.started:  # an engine that said nothing at all
             self.sse.response.headers[ENGINE_HEADER] = served["served_by"]
             await self.sse.send(self._chunk({"role": "assistant", "content": ""}))
-        last = self._chunk({}, self.finish_reason or "stop")
-        await self.sse.send({**last, "inferline": served})
+        last = self._chunk({}, self.last.finish_reason or "stop")
+        await self.sse.send({**last, "inferline": _public(served)})
         if self.req.include_usage:
-            await self.sse.send({**self._chunk({}), "choices": [],
-                                 "usage": self.usage or usage_dict(0, 0)})
+            await self.sse.send({**self._chunk({}), "choices": [], "usage": served["usage"]})
         await self.sse.done()
         return self.sse.response
 
@@ -149,25 +159,17 @@ class _Stream:
         return self.sse.response
 
 
-def _chunk_engine(chunk: StreamChunk, engine: BaseInferenceEngine) -> str:
-    """The engine that produced ``chunk``: a chain's chunks may name it, else ``engine``."""
-    return getattr(chunk, "engine", None) or engine.name
-
-
-def served_info(engine: BaseInferenceEngine, metadata: dict[str, Any],
-                latency_s: float) -> dict[str, Any]:
-    """``served_by`` and ``attempts``: a chain records both; a plain engine made one try."""
-    served_by = metadata.get("served_by") or metadata.get("engine") or engine.name
-    attempts = metadata.get("attempts") or [Attempt(served_by, None, None, latency_s).as_dict()]
-    return {"served_by": served_by, "attempts": attempts}
+def _public(served: dict[str, Any]) -> dict[str, Any]:
+    """The ``inferline`` field of an answer: who served it, and every attempt."""
+    return {"served_by": served["served_by"], "attempts": served["attempts"]}
 
 
 def record_success(request: web.Request, gw: Gateway, req: ChatRequest,
-                   served: dict[str, Any], usage: dict[str, int] | None) -> None:
+                   served: dict[str, Any]) -> None:
     gw.metrics.observe_attempts(req.model, served["attempts"])
-    gw.metrics.observe_usage(served["served_by"], usage)
+    gw.metrics.observe_usage(served["served_by"], served["usage"])
     request[LOG_FIELDS].update(served_by=served["served_by"],
-                               attempts=len(served["attempts"]), usage=usage)
+                               attempts=len(served["attempts"]), usage=served["usage"])
 
 
 def record_failure(gw: Gateway, model: str, exc: InferlineError) -> None:

@@ -20,7 +20,7 @@ from inferline.server.limits import InFlight
 from inferline.server.metrics import Metrics
 
 if TYPE_CHECKING:
-    from inferline.engines.base import BaseInferenceEngine
+    from inferline.engines.base import Generator
     from inferline.settings.model import InferlineSettings
 
 
@@ -41,7 +41,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.in_flight = InFlight(self.settings.server.max_concurrency)
 
-    def model(self, name: str) -> BaseInferenceEngine:
+    def model(self, name: str) -> Generator:
         """The chain or engine called ``name`` (chains win a tie)."""
         if name in self.chains.names():
             return self.chains.get(name)

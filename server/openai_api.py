@@ -31,6 +31,7 @@ from inferline.core.configs import (
     InferenceConfig,
 )
 from inferline.core.types import ContentItem, ContentType, Conversation, Message, Role
+from inferline.engines.base import Completion
 from inferline.server.errors import ApiError
 
 IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
@@ -190,15 +191,16 @@ def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def completion_body(model: str, out: Conversation, served: dict[str, Any]) -> dict[str, Any]:
-    """The non-streaming answer for one output conversation."""
-    message = out.last_message(Role.ASSISTANT)
+def completion_body(model: str, done: Completion) -> dict[str, Any]:
+    """The non-streaming answer for one completion; ``inferline`` holds its provenance."""
+    served = done.provenance()
     return {"id": new_completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "logprobs": None,
-                         "message": {"role": "assistant", "content": message.text if message else ""},
-                         "finish_reason": out.metadata.get("finish_reason") or "stop"}],
-            "usage": out.metadata.get("usage") or usage_dict(0, 0), "inferline": served}
+                         "message": {"role": "assistant", "content": done.text},
+                         "finish_reason": done.finish_reason or "stop"}],
+            "usage": served["usage"],
+            "inferline": {"served_by": done.served_by, "attempts": served["attempts"]}}
 
 
 def chunk_body(cid: str, created: int, model: str, delta: dict[str, Any],

@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 from aiohttp import web
+
+from inferline.errors import InferlineError
 from inferline.server.chat import (
     ENGINE_HEADER,
     chat_completions,
@@ -21,8 +23,6 @@ from inferline.server.errors import ApiError
 from inferline.server.gateway import GATEWAY
 from inferline.server.metrics import CONTENT_TYPE
 from inferline.server.readiness import readiness
-
-from inferline.errors import InferlineError
 
 
 async def run_pipeline(request: web.Request) -> web.Response:

@@ -7,27 +7,32 @@ packaged ``defaults.yaml`` -> ``profiles/<env>.yaml`` (``INFERLINE_ENV``, defaul
     settings = load_settings("deploy.yaml", overrides={"log": {"level": "DEBUG"}})
 
 YAML values may say ``${VAR}`` or ``${VAR:-default}``. Every error is a
-``ConfigurationError`` naming the file, line and key.
+``ConfigurationError`` naming the file, line and key, or the ``INFERLINE_*`` variable or
+override key that set the bad value. Files are bounded (``MAX_BYTES``, ``MAX_DEPTH``,
+``MAX_NODES``), so a hostile one fails at once instead of hanging.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from inferline.settings.model import InferlineSettings, chain_members, expand_chain
 from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from inferline.errors import ConfigurationError
+from inferline.settings.model import InferlineSettings, chain_members, expand_chain
 
 PACKAGED = Path(__file__).parent
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,27 +52,88 @@ def _interpolate(text: str, file: str, line: int, key: str) -> str:
     return _VAR.sub(sub, text)
 
 
-def _walk(node: yaml.Node, file: str, path: tuple[str, ...], lines: Lines) -> Any:
-    lines[path] = (file, node.start_mark.line + 1)
+MAX_BYTES = 1024 * 1024  # settings and pipeline files are a few KiB; this bounds parse time
+MAX_DEPTH = 100  # nesting levels; the YAML composer recurses once per level
+MAX_NODES = 50_000  # values once aliases are expanded: refuses "billion laughs" files
+
+
+class _Composer(yaml.SafeLoader):
+    """PyYAML's composer with nesting bounded, so deep input fails before the stack does."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} "
+                                                  "levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _walk(node: yaml.Node, file: str, path: tuple[str, ...], lines: Lines,
+          count: Iterator[int]) -> Any:
+    line = node.start_mark.line + 1
+    if next(count) > MAX_NODES:  # an alias (*name) repeats a node without new text
+        raise ConfigurationError(f"more than {MAX_NODES} values once aliases are expanded",
+                                 file=file, line=line, key=".".join(path))
+    if len(path) > MAX_DEPTH:  # an alias inside its own anchor nests forever
+        raise ConfigurationError(f"nested deeper than {MAX_DEPTH} levels", file=file, line=line)
+    lines[path] = (file, line)
     if isinstance(node, yaml.MappingNode):
-        return {k.value: _walk(v, file, (*path, k.value), lines) for k, v in node.value}
+        out = {}
+        for k, v in node.value:
+            key = _key(k, file)
+            out[key] = _walk(v, file, (*path, key), lines, count)
+        return out
     if isinstance(node, yaml.SequenceNode):
-        return [_walk(v, file, (*path, str(i)), lines) for i, v in enumerate(node.value)]
-    if "${" in node.value:
-        text = _interpolate(node.value, file, node.start_mark.line + 1, ".".join(path))
-        return text if node.style in ("'", '"') else yaml.safe_load(text)
-    return yaml.safe_load(yaml.serialize(node))
+        return [_walk(v, file, (*path, str(i)), lines, count) for i, v in enumerate(node.value)]
+    try:
+        if "${" in node.value:
+            text = _interpolate(node.value, file, line, ".".join(path))
+            return text if node.style in ("'", '"') else yaml.safe_load(text)
+        return yaml.constructor.SafeConstructor().construct_object(node)
+    except (yaml.YAMLError, ValueError) as exc:  # an unknown !tag, a date like 2024-13-45
+        raise ConfigurationError(f"invalid value: {getattr(exc, 'problem', None) or exc}",
+                                 file=file, line=line, key=".".join(path)) from None
+
+
+def _key(node: yaml.Node, file: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigurationError("a key must be a plain name, not a list or mapping", file=file,
+                                 line=node.start_mark.line + 1)
+    return node.value
+
+
+def _text(path: str | Path) -> str:
+    """The file's text; a ``ConfigurationError`` when it is too large or not UTF-8."""
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read file ({exc.strerror})", file=file) from exc
+    if len(raw) > MAX_BYTES:
+        raise ConfigurationError(f"file is larger than {MAX_BYTES // 1024} KiB", file=file)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        why = ("it looks like UTF-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+               else f"byte 0x{raw[exc.start]:02x} at offset {exc.start}")
+        raise ConfigurationError(f"file is not UTF-8 text ({why})", file=file,
+                                 line=raw.count(b"\n", 0, exc.start) + 1) from None
 
 
 def read_yaml(path: str | Path, lines: Lines) -> dict[str, Any]:
     """A YAML mapping with ``${VAR}`` resolved, recording each key's line in ``lines``."""
-    file = str(path)
+    file, text = str(path), _text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read file ({exc.strerror})", file=file) from exc
-    try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=_Composer)
+    except yaml.reader.ReaderError as exc:  # NUL and other control characters: binary data
+        raise ConfigurationError(f"file is not UTF-8 text (character #x{exc.character:04x})",
+                                 file=file, line=text.count("\n", 0, exc.position) + 1) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigurationError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=file,
@@ -76,7 +142,7 @@ def read_yaml(path: str | Path, lines: Lines) -> dict[str, Any]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise ConfigurationError("top level must be a mapping", file=file, line=1)
-    return _walk(node, file, (), lines)
+    return _walk(node, file, (), lines, itertools.count(1))
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +232,44 @@ def _check_chains(data: dict[str, Any], lines: Lines) -> None:
             raise ConfigurationError(str(exc), file=file, line=line, key=f"chains.{name}") from None
 
 
+def _blamed(err: ConfigurationError, exc: ValidationError, overrides: dict[str, Any],
+            dotenv: Path | None) -> ConfigurationError:
+    """``err`` (located in YAML) moved to the layer that set the bad value, if a later one did:
+    an override (named by its key), else an ``INFERLINE_*`` variable (named; in ``.env``, with
+    its line)."""
+    loc = tuple(str(p) for p in exc.errors()[0]["loc"])
+    if _sets(overrides, loc):
+        return ConfigurationError(err.message, key=err.key, hint=err.hint)
+    for name, (file, line) in _variables(dotenv).items():
+        path = tuple(name.lower().removeprefix("inferline_").split("__"))
+        if name.upper().startswith("INFERLINE_") and (loc[:len(path)] == path
+                                                       or loc[:1] == (name.lower(),)):
+            return ConfigurationError(err.message, file=file, line=line, key=name, hint=err.hint)
+    return err
+
+
+def _sets(data: Any, loc: tuple[str, ...]) -> bool:
+    """Whether the nested dict ``data`` sets the value at ``loc``, or a whole value above it."""
+    for part in loc:
+        if not isinstance(data, dict):
+            return True
+        if part not in data:
+            return False
+        data = data[part]
+    return bool(loc)
+
+
+def _variables(dotenv: Path | None) -> dict[str, tuple[str | None, int | None]]:
+    """Variable name -> where it is set: ``(file, line)`` in ``.env``, ``(None, None)`` for the
+    environment, which wins."""
+    found: dict[str, tuple[str | None, int | None]] = {}
+    if dotenv is not None:
+        for number, text in enumerate(dotenv.read_text(errors="replace").splitlines(), 1):
+            name = text.strip().removeprefix("export ").partition("=")[0].strip()
+            found[name] = (str(dotenv), number)
+    return {**found, **{name: (None, None) for name in os.environ}}
+
+
 def load_settings(settings_file: str | Path | None = None, *, env: str | None = None,
                   overrides: dict[str, Any] | None = None,
                   dotenv: str | Path | None = ".env") -> InferlineSettings:
@@ -184,5 +288,8 @@ def load_settings(settings_file: str | Path | None = None, *, env: str | None = 
     try:
         resolved = _resolved(data, overrides or {}, dotenv_path)
     except ValidationError as exc:
-        raise validation_error(exc, lines) from None
+        raise _blamed(validation_error(exc, lines), exc, overrides or {}, dotenv_path) from None
+    except SettingsError as exc:  # a variable for a list or mapping that is not JSON
+        raise ConfigurationError(f"{exc} (a list or mapping is written as JSON: "
+                                 f"{exc.__cause__})") from None
     return InferlineSettings.model_validate(resolved.model_dump())

@@ -34,6 +34,8 @@ class EngineSettings(_Section):
     model: ModelParams = ModelParams()
     generation: GenerationParams = GenerationParams()
     remote_params: RemoteParams | None = None
+    #: on first load, ask a known question and refuse the engine if it answers wrongly
+    self_check: bool = False
 
     @field_validator("type", mode="before")
     @classmethod
@@ -93,7 +95,6 @@ class InferlineSettings(_Section):
     """The resolved settings of one deployment (profile)."""
 
     env: str = "dev"
-    data_dir: str | None = None  # where packaged models are unpacked; default ~/.cache/inferline
     log: LogSettings = LogSettings()
     engines: dict[str, EngineSettings] = {}
     chains: dict[str, ChainSettings] = {}

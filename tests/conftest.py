@@ -17,7 +17,7 @@ REAL_ENV = dict(os.environ)
 
 _KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "USER",
          "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "XDG_CACHE_HOME", "INFERLINE_DATA_DIR",
-         "PIP_CACHE_DIR", "CI", "TERM")
+         "PIP_CACHE_DIR", "CI", "TERM", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-from inferline.settings.model import LogSettings
 
 from inferline.logging import configure_logging
+from inferline.settings.model import LogSettings
 
 SECRET = "sk-live-0123456789abcdef"
 

@@ -1,13 +1,20 @@
 """``inferline engines``: every engine type, and whether it can run here (and why not).
 
     inferline engines
+    inferline engines --check [--settings F]   # load each named engine and ask it a question
+
+``--check`` loads every engine named in settings that can run here and asks it a
+question any instruct model answers (``engines.base.SELF_CHECK``); a wrong answer
+(a backend build that computes garbage on this CPU) is reported and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 from inferline.core.configs import InferenceEngineType as T
@@ -24,7 +31,10 @@ KEYS = {T.OPENAI: "OPENAI_API_KEY", T.ANTHROPIC: "ANTHROPIC_API_KEY",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No options."""
+    parser.add_argument("--check", action="store_true",
+                        help="load each engine named in settings and ask it a known question")
+    parser.add_argument("--settings", metavar="FILE", help="settings YAML (with --check)")
+    parser.add_argument("--env", help="settings profile (with --check)")
 
 
 def availability(kind: T) -> str | None:
@@ -70,9 +80,37 @@ def google_credentials_reason() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return asyncio.run(check(args.settings, args.env))
     from inferline.engines import REGISTRY
 
     for kind, (_, cls) in REGISTRY.items():
         why = availability(kind)
         print(f"{kind.value:<14} {cls:<32} {'ready' if why is None else 'unavailable: ' + why}")
     return 0
+
+
+async def check(settings: str | None, env: str | None) -> int:
+    """Each named engine: unavailable (why), or loaded and asked; 1 if any answered wrong."""
+    from inferline.containers import running
+    from inferline.errors import EngineUnavailableError, InferlineError
+
+    failed = 0
+    async with running(settings, env=env) as container:
+        engines = container.engines()
+        for name in engines.names():
+            engine = engines.get(name)
+            try:
+                engine.preflight()
+            except EngineUnavailableError as exc:
+                print(f"{name:<16} unavailable: {exc.message}")
+                continue
+            started = time.monotonic()
+            try:
+                answer = await engine.acheck()
+            except InferlineError as exc:
+                failed += 1
+                print(f"{name:<16} FAILED: {exc}")
+                continue
+            print(f"{name:<16} ok in {time.monotonic() - started:.1f} s: {answer[:60]!r}")
+    return 1 if failed else 0

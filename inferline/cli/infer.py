@@ -12,8 +12,9 @@ inside an answer are written as ``\\n``); on a terminal, ``-i`` chats.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -22,6 +23,9 @@ from inferline.core.configs import InferenceConfig
 from inferline.core.types import Conversation, Message, Role
 from inferline.errors import ConfigurationError
 from inferline.settings.loader import Lines, deep_merge, read_yaml, validation_error
+
+if TYPE_CHECKING:
+    from inferline.engines.base import Generator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,50 +78,57 @@ def build_config(args: argparse.Namespace) -> InferenceConfig:
         raise validation_error(exc, lines, InferenceConfig, file=args.config) from None
 
 
-def build(args: argparse.Namespace, config: InferenceConfig) -> Any:
-    if args.engine_name or args.chain:
-        from inferline.containers import build_container
-
-        container = build_container(args.settings, env=args.env)
-        if args.chain:
-            return container.chains().get(args.chain)
+def build(args: argparse.Namespace, config: InferenceConfig, container: Any) -> Generator:
+    """The chain or engine to run: named in settings, or built from the config."""
+    if args.chain:
+        return container.chains().get(args.chain)
+    if args.engine_name:
         return container.engines().get(args.engine_name)
     if config.engine is None:
         raise ConfigurationError("say which engine: --engine TYPE or --engine-name NAME",
                                  key="engine")
     from inferline.engines import build_engine
 
-    return build_engine(config.engine, config.model, generation_params=config.generation,
-                        remote_params=config.remote_params)
+    engine = build_engine(config.engine, config.model, generation_params=config.generation,
+                          remote_params=config.remote_params)
+    container.engines().add(engine.name, engine)  # closed with the container's engines
+    return engine
 
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
-    engine = build(args, config)
-    with engine:
+    asyncio.run(_run(args, config))
+    return 0
+
+
+async def _run(args: argparse.Namespace, config: InferenceConfig) -> None:
+    from inferline.containers import running
+    from inferline.pipelines.runner import ainfer_file
+
+    async with running(args.settings, env=args.env) as container:
+        engine = build(args, config, container)
         if config.input_path:
-            outputs = engine.infer(None, config)
+            outputs = await ainfer_file(engine, None, config)
             print(f"{len(outputs)} conversations written to {config.output_path or 'stdout'}",
                   file=sys.stderr)
             if not config.output_path:
                 for conv in outputs:
                     print(conv.to_json())
         elif args.interactive or sys.stdin.isatty():
-            _chat(engine, config, args.system)
+            await _chat(engine, config, args.system)
         else:
-            _lines(engine, config, args.system)
-    return 0
+            await _lines(engine, config, args.system)
 
 
-def _lines(engine: Any, config: InferenceConfig, system: str | None) -> None:
+async def _lines(engine: Generator, config: InferenceConfig, system: str | None) -> None:
     prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     for start in range(0, len(prompts), 32):
         convs = [Conversation.from_prompt(p, system) for p in prompts[start:start + 32]]
-        for out in engine.infer(convs, config):
+        for out in await engine.ainfer(convs, config):
             print(out.messages[-1].text.replace("\\", "\\\\").replace("\n", "\\n"), flush=True)
 
 
-def _chat(engine: Any, config: InferenceConfig, system: str | None) -> None:
+async def _chat(engine: Generator, config: InferenceConfig, system: str | None) -> None:
     conv = Conversation(messages=[Message(role=Role.SYSTEM, content=system)] if system else [])
     print("inferline chat: empty line or Ctrl-D to quit", file=sys.stderr)
     while True:
@@ -128,5 +139,5 @@ def _chat(engine: Any, config: InferenceConfig, system: str | None) -> None:
         if not text:
             break
         conv = conv.append(Message(role=Role.USER, content=text))
-        [conv] = engine.infer([conv], config)
+        [conv] = await engine.ainfer([conv], config)
         print(conv.messages[-1].text)

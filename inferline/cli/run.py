@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inferline.cli.config import raise_unknown
-    from inferline.containers import build_container
+    from inferline.containers import running
     from inferline.errors import ConfigurationError
     from inferline.pipelines.runner import Summary, arun_file
 
@@ -38,16 +38,13 @@ def run(args: argparse.Namespace) -> int:
         raise_unknown(args.extra)
     if args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
-    container = build_container(args.settings, env=args.env)
-    pipeline = container.pipelines().load(args.pipeline)
 
     async def main() -> Summary:
-        try:
+        async with running(args.settings, env=args.env) as container:
+            pipeline = container.pipelines().load(args.pipeline)
             return await arun_file(pipeline, args.input, args.output,
                                    concurrency=args.concurrency, restart=args.restart,
                                    errors_path=args.errors)
-        finally:
-            await container.engines().aclose()
 
     summary = asyncio.run(main())
     for line in summary.lines():

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from inferline.server.auth import ApiKeys, check_bind
-from inferline.settings.model import InferlineSettings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from inferline.containers import Container
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,51 +32,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferline.settings import load_settings
+    from inferline.containers import build_container
 
-    settings = _with_flags(load_settings(args.settings, env=args.env), args)
-    keys = ApiKeys.from_env(settings.server.api_key_env_varnames)
-    check_bind(settings.server.host, keys,
-               allow_public=settings.server.allow_unauthenticated_public)
-    asyncio.run(_serve(settings, keys))
+    container = build_container(args.settings, env=args.env, overrides=_flags(args))
+    server = container.settings().server
+    keys = ApiKeys.from_env(server.api_key_env_varnames)
+    check_bind(server.host, keys, allow_public=server.allow_unauthenticated_public)
+    asyncio.run(_serve(container, keys))
     return 0
 
 
-def _with_flags(settings: InferlineSettings, args: argparse.Namespace) -> InferlineSettings:
-    update: dict[str, Any] = {}
-    if args.host is not None:
-        update["host"] = args.host
-    if args.port is not None:
-        update["port"] = args.port
-    if args.allow_unauthenticated_public:
-        update["allow_unauthenticated_public"] = True
-    server = settings.server.model_copy(update=update)
-    return settings.model_copy(update={"server": server})
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, as the settings layer that beats every other (validated with it)."""
+    server = {"host": args.host, "port": args.port,
+              "allow_unauthenticated_public": args.allow_unauthenticated_public or None}
+    return {"server": {k: v for k, v in server.items() if v is not None}}
 
 
-async def _serve(settings: InferlineSettings, keys: ApiKeys) -> None:
-    from dependency_injector import providers
-
-    from inferline.containers import Container
+async def _serve(container: Container, keys: ApiKeys) -> None:
+    from inferline.containers import started
     from inferline.server import create_app
     from inferline.server.runner import serve
 
-    container = Container()
-    container.settings.override(providers.Object(settings))
-    await _maybe_await(container.init_resources())
-    engines, pipelines = container.engines(), container.pipelines()
-    try:
-        for name in pipelines.names():  # a broken pipeline stops the start, not a request
-            pipelines.get(name)
-        app = create_app(container.chains(), engines, pipelines, settings.server,
-                         log_settings=settings.log, keys=keys)
-        await serve(app, settings.server.host, settings.server.port,
-                    shutdown_grace_s=settings.server.shutdown_grace_s)
-    finally:
-        await _maybe_await(container.shutdown_resources())  # closes every engine built
+    settings, pipelines = container.settings(), container.pipelines()
+    for name in pipelines.names():  # a broken pipeline stops the start, not a request
+        pipelines.get(name)
+    app = create_app(container.chains(), container.engines(), pipelines, settings.server,
+                     log_settings=settings.log, keys=keys)
 
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with started(container):  # on cleanup: every engine built is closed
+            yield
 
-async def _maybe_await(result: Any) -> None:
-    """dependency-injector returns an awaitable only when some resource is async."""
-    if inspect.isawaitable(result):
-        await result
+    app.cleanup_ctx.append(resources)
+    await serve(app, settings.server.host, settings.server.port,
+                shutdown_grace_s=settings.server.shutdown_grace_s)

@@ -1,14 +1,18 @@
-"""Exactly-once JSONL output that survives a crash.
+"""Exactly-once JSONL output that survives a crash, and the progress bar of file runs
+(``inferline.pipelines.runner`` is the one runner that uses both).
 
 Each output line carries its row's key. On open, the writer reads the lines
 already there, drops a torn last line (a crash mid-write), and reports which
 keys are done; a rerun skips those rows. Lines are flushed one by one, so a
 kill loses at most the row being written.
 
-    with ResumableJsonlWriter("out.jsonl", key_field="row") as out:
-        for i, row in enumerate(rows):
-            if i not in out.done:
-                out.write(i, {"row": i, ...})
+    >>> import json, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "out.jsonl"
+    >>> with ResumableJsonlWriter(path) as out:
+    ...     out.write(0, json.dumps({"_row": 0, "answer": "Paris"}))
+    >>> with ResumableJsonlWriter(path) as out:   # a rerun: row 0 is done
+    ...     sorted(out.done)
+    [0]
 """
 
 from __future__ import annotations
@@ -16,26 +20,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from inferline.core.types import Conversation, iter_jsonl
-from inferline.errors import ConfigurationError, InferlineError
-
-if TYPE_CHECKING:
-    from inferline.core.configs import InferenceConfig
-    from inferline.engines.base import BaseInferenceEngine
-
-ROW_KEY = "input_index"  # metadata key that ties an output conversation to its input row
+from inferline.errors import ConfigurationError
 
 
 class ResumableJsonlWriter:
-    def __init__(self, path: str | Path, *, key_of: Any) -> None:
-        """``key_of(obj) -> key`` extracts a row key from a parsed output line."""
+    def __init__(self, path: str | Path, *, key: str = "_row") -> None:
+        """``key``: the field of each output line that names its input row."""
         self.path = Path(path)
         self.done: set[Any] = set()
-        self._key_of = key_of
+        self._key = key
         self._fh: Any = None
 
     def __enter__(self) -> ResumableJsonlWriter:
@@ -58,7 +54,7 @@ class ResumableJsonlWriter:
         for lineno, line in enumerate(data[:cut].splitlines(), 1):
             if line.strip():
                 try:
-                    self.done.add(self._key_of(json.loads(line)))
+                    self.done.add(json.loads(line)[self._key])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ConfigurationError(f"existing output line is not a result row ({exc})",
                                              file=str(self.path), line=lineno) from exc
@@ -73,10 +69,6 @@ class ResumableJsonlWriter:
         os.fsync(self._fh.fileno())
 
 
-def _conversation_key(obj: dict[str, Any]) -> int:
-    return obj["metadata"][ROW_KEY]
-
-
 class _NoBar:
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
@@ -89,38 +81,3 @@ def progress_bar(total: int, done: int, desc: str = "inferring") -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, unit="row", desc=desc, dynamic_ncols=True)
-
-
-async def ainfer_files(engine: BaseInferenceEngine, conversations: Sequence[Conversation] | None,
-                       config: InferenceConfig | None) -> list[Conversation]:
-    """Run ``engine`` over ``config.input_path`` (or ``conversations``), appending to
-    ``config.output_path`` as rows complete and skipping rows a previous run finished.
-
-    Rows that fail for good are reported on stderr and do not stop the others; if
-    any failed, the first error is raised after every other row is written.
-    """
-    if config is None or (conversations is None and not config.input_path):
-        raise ConfigurationError("no input: pass conversations or set input_path", key="input_path")
-    if conversations is None:
-        conversations = list(iter_jsonl(config.input_path))  # type: ignore[arg-type]
-    if not config.output_path:
-        return await engine.ainfer(conversations, config)
-    first_error: InferlineError | None = None
-    with ResumableJsonlWriter(config.output_path, key_of=_conversation_key) as out:
-        todo = [i for i in range(len(conversations)) if i not in out.done]
-        tagged = [conversations[i].model_copy(
-            update={"metadata": {**conversations[i].metadata, ROW_KEY: i}}) for i in todo]
-        bar = progress_bar(len(conversations), len(conversations) - len(todo))
-        async for result in engine.aiter_results(tagged, config):
-            row = todo[result.index]
-            bar.update(1)
-            if result.error is not None:
-                print(f"row {row}: {result.error}", file=sys.stderr)
-                first_error = first_error or result.error
-                continue
-            assert result.conversation is not None
-            out.write(row, result.conversation.to_json())
-        bar.close()
-    if first_error is not None:
-        raise first_error
-    return sorted(iter_jsonl(config.output_path), key=lambda c: c.metadata[ROW_KEY])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +61,32 @@ def test_bad_config_file_names_file_line_and_key(tmp_path: Path) -> None:
     assert "did you mean 'max_new_tokens'" in out.stderr
 
 
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["serve", "--port", "70000"], {}, "server.port: Input should be less than or equal to 65535"),
+    (["serve", "--port", "-1"], {}, "server.port: Input should be greater than or equal to 0"),
+    (["config", "show"], {"INFERLINE_SERVER__PORT": "abc"},
+     ("INFERLINE_SERVER__PORT: Input should be a valid integer, unable to parse string as an "
+      "integer")),
+    (["serve"], {"INFERLINE_SERVER__PORT": "99999"},
+     "INFERLINE_SERVER__PORT: Input should be less than or equal to 65535"),
+])
+def test_bad_flag_or_variable_names_itself(args: list[str], env: dict[str, str],
+                                           message: str) -> None:
+    out = cli(*args, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == f"inferline: error: {message}\n"
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)), "log: {level: INFO}\n".encode("utf-16")])
+def test_binary_settings_file_is_one_line(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(data)
+    out = cli("config", "show", "--settings", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"inferline: error: {path}:")
+    assert "file is not UTF-8 text" in out.stderr and out.stderr.count("\n") == 1
+
 def test_config_show_masks_secrets(tmp_path: Path) -> None:
     secret = "sk-test-5ecret-value-123"
     out = cli("config", "show", "--env", "prod", env={"OPENAI_API_KEY": secret,
@@ -102,6 +129,8 @@ def test_file_mode_with_dotted_overrides(tmp_path: Path) -> None:
               "--generation.max_new_tokens", "5", "--model.model_kwargs.n_ctx", "512",
               "--input_path", str(src), "--output_path", str(dst))
     assert out.returncode == 0, out.stderr
-    rows = dst.read_text().splitlines()
-    assert len(rows) == 3 and all('"completion_tokens":5' in r or '"finish_reason":"stop"' in r
-                                  for r in rows)
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [r["_row"] for r in rows] == [0, 1, 2]
+    assert all(r["metadata"]["usage"]["completion_tokens"] == 5
+               or r["metadata"]["finish_reason"] == "stop" for r in rows)
+    assert all(r["metadata"]["served_by"] == "LlamaCppInferenceEngine" for r in rows)

@@ -12,7 +12,10 @@ from inferline.core.configs import GenerationParams, InferenceConfig
 from inferline.core.types import Conversation
 from inferline.engines.base import BaseInferenceEngine
 
-SYSTEM = "You are a helpful assistant."
+#: "The capital of France is Paris" wins its first token by ~1.9 logits here, in transformers
+#: fp32 and in llama.cpp with or without flash attention: safe from CPU rounding. (With
+#: "You are a helpful assistant." alone the margin is ~0.1, a coin flip: see README.)
+SYSTEM = "You are a helpful assistant. Answer in one word."
 CAPITAL = Conversation.from_prompt("What is the capital of France?", system=SYSTEM)
 TOPICS = ["cats", "the sun", "elephants", "the ocean", "rivers", "Paris", "music", "winter",
           "bicycles", "the moon", "volcanoes", "trees", "rain", "books", "horses", "mountains"]

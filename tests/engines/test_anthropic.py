@@ -7,7 +7,11 @@ import pytest
 from inferline.core.configs import GenerationParams, ModelParams, RemoteParams
 from inferline.core.types import Conversation, Message, Role
 from inferline.engines.anthropic import AnthropicInferenceEngine
-from inferline.errors import EngineUnavailableError, FatalEngineError, RetryableEngineError
+from inferline.errors import (
+    EngineUnavailableError,
+    FatalEngineError,
+    RetryableEngineError,
+)
 from tests.fixtures.fault_server import FaultServer, Scenario
 from tests.fixtures.vllm_server import VLLMServer
 

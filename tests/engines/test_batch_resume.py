@@ -61,7 +61,7 @@ def test_killed_run_resumes_every_row_exactly_once(fault_server: FaultServer, tm
     scenario = Scenario(delay_s=0.05)
     url, inp, out = fault_server.url(scenario), _inputs(tmp_path, [f"row {i}" for i in range(ROWS)]), tmp_path / "out.jsonl"
     _kill_when(_child(url, inp, out), out, lines=30)
-    done_before = {json.loads(line)["metadata"]["input_index"]
+    done_before = {json.loads(line)["_row"]
                    for line in out.read_text().splitlines()}
     with open(out, "a") as fh:
         fh.write('{"messages": [{"role": "assi')  # what a kill in mid-write leaves behind
@@ -70,13 +70,13 @@ def test_killed_run_resumes_every_row_exactly_once(fault_server: FaultServer, tm
     _, stderr = rerun.communicate(timeout=60)
     assert rerun.returncode == 0, stderr.decode()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    indices = [r["metadata"]["input_index"] for r in rows]
+    indices = [r["_row"] for r in rows]
     assert sorted(indices) == list(range(ROWS))  # every row, once
-    assert all(r["messages"][-1]["content"] == f"echo: row {r['metadata']['input_index']}"
+    assert all(r["messages"][-1]["content"] == f"echo: row {r['_row']}"
                for r in rows)
     resent = {p for p in scenario.prompts()[sent_before:]}
     assert not resent & {f"row {i}" for i in done_before}  # finished rows not redone
-    assert b"inferring" not in stderr  # no progress bar when stderr is not a terminal
+    assert b"RemoteInferenceEngine" not in stderr  # no progress bar when not a terminal
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_progress_bar_on_a_terminal(fault_server: FaultServer, tmp_path: Path) -
     code, seen = on_terminal([sys.executable, "-c", CHILD, url, str(inp), str(out)],
                              cwd=Path(__file__).parents[2])
     assert code == 0
-    assert b"inferring" in seen and b"40/40" in seen
+    assert b"RemoteInferenceEngine" in seen and b"40/40" in seen
 
 
 def test_rows_failing_for_good_are_reported_and_the_rest_written(
@@ -99,7 +99,8 @@ def test_rows_failing_for_good_are_reported_and_the_rest_written(
     config = InferenceConfig(input_path=str(inp), output_path=str(out))
     with engine, pytest.raises(FatalEngineError, match="bad prompt"):
         engine.infer(inference_config=config)
-    written = sorted(json.loads(line)["metadata"]["input_index"] for line in out.read_text().splitlines())
+    written = sorted(json.loads(line)["_row"] for line in out.read_text().splitlines())
     assert written == [0, 1, 3, 5]
     err = capsys.readouterr().err
-    assert "row 2:" in err and "row 4:" in err and "HTTP 400" in err
+    assert "row 2 (line 3):" in err and "row 4 (line 5):" in err and "HTTP 400" in err
+    assert [json.loads(line)["_row"] for line in out.with_suffix(".errors.jsonl").open()] == [2, 4]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from inferline.containers import build_container
-
 from inferline.core.types import Conversation
 from tests.fixtures.fault_server import FaultServer, Scenario
 
@@ -25,7 +24,7 @@ engines:
     with engine:
         [out] = engine.infer([Conversation.from_prompt("one two three four")])
     assert out.last_message().text == "echo: one"  # cut at the engine's 2 new tokens
-    assert out.metadata["finish_reason"] == "length" and out.metadata["engine"] == "echo"
+    assert out.metadata["finish_reason"] == "length" and out.metadata["served_by"] == "echo"
     body = scenario.requests[0]["body"]
     assert (body["model"], body["temperature"]) == ("tiny-model", 0.5)
     assert scenario.requests[0]["path"].endswith("/v1/chat/completions")

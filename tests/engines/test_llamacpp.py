@@ -10,8 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from inferline.core.configs import GenerationParams, ModelParams
-from inferline.engines.llamacpp import LlamaCppInferenceEngine
 from inferline.core.types import Conversation
+from inferline.engines.llamacpp import LlamaCppInferenceEngine
 from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
@@ -129,3 +129,60 @@ async def test_loads_lazily_and_once_under_concurrent_first_calls(smollm_gguf: P
             await engine.aclose()
     assert [len(o) for o in outs] == [1, 1, 1]
     assert [e["event"] for e in logs].count("engine_loaded") == 1
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+Q = "What is the capital of France?"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("prompt", "system", "template"), [
+    (Q + " Answer in one word.", None, None),  # the GGUF's template (adds SmolLM2's system)
+    (Q, "You are a helpful assistant.", None),  # right with flash attention (the default)
+    (Q, None, CHATML),                          # plain ChatML: no system message at all
+], ids=["model-template", "helpful-assistant", "no-system"])
+async def test_paris_with_every_prompt_form(smollm_gguf: Path, prompt: str, system: str | None,
+                                            template: str | None) -> None:
+    """The engine's defaults answer right with the portable build on any x86-64 CPU."""
+    engine = LlamaCppInferenceEngine(ModelParams(model_name=str(smollm_gguf),
+                                                 chat_template=template))
+    conv = Conversation.from_prompt(prompt, system)
+    text = await check.answer(engine, conv, max_new_tokens=16)
+    await engine.aclose()
+    assert "Paris" in text, text
+
+
+@pytest.mark.slow
+async def test_self_check_passes_and_a_wrong_answer_makes_it_unavailable(
+        smollm_gguf: Path) -> None:
+    good = LlamaCppInferenceEngine(ModelParams(model_name=str(smollm_gguf)))
+    assert "Paris" in await good.acheck()
+    # a template that hides the question: the answer cannot name Paris
+    blind = LlamaCppInferenceEngine(ModelParams(
+        model_name=str(smollm_gguf), chat_template=CHATML.replace("{{ m['content'] }}", "Hi")))
+    blind.self_check = True
+    [outcome] = await blind.agenerate([check.CAPITAL])
+    assert isinstance(outcome, EngineUnavailableError)
+    assert "self-check failed: asked 'What is the capital of France?', got" in str(outcome)
+    await good.aclose()
+    await blind.aclose()
+
+
+@pytest.mark.slow
+async def test_a_bad_logit_bias_fails_the_request_not_the_engine(
+        engine: LlamaCppInferenceEngine) -> None:
+    """Issue 11: a word-keyed logit_bias once retired llama.cpp from a chain for good."""
+    from inferline.engines.base import Completion
+    from inferline.engines.testing import FakeEngine
+    from inferline.pipelines.fallback import FallbackChain
+
+    chain = FallbackChain("c", [engine, FakeEngine("backup")])
+    [biased] = await chain.agenerate([check.CAPITAL], check.config(logit_bias={"Paris": 5.0}))
+    [plain] = await chain.agenerate([check.CAPITAL], check.config(max_new_tokens=16))
+    assert isinstance(biased, Completion) and biased.served_by == "backup"
+    assert biased.attempts[0].error == "UnsupportedRequestError"
+    assert isinstance(plain, Completion) and plain.served_by == engine.name
+    assert "Paris" in plain.text and chain.unavailable == {}

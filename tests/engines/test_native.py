@@ -10,7 +10,11 @@ import pytest
 from inferline.core.configs import GenerationParams, ModelParams
 from inferline.engines.hardware import cuda_available
 from inferline.engines.native import NativeTextInferenceEngine
-from inferline.errors import ConfigurationError, EngineUnavailableError, UnsupportedParameterError
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    UnsupportedParameterError,
+)
 from tests.engines import local_checks as check
 
 

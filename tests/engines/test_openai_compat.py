@@ -23,7 +23,11 @@ from inferline.engines.openai_compat import (
     RemoteInferenceEngine,
     RemoteVLLMInferenceEngine,
 )
-from inferline.errors import ConfigurationError, EngineUnavailableError, UnsupportedParameterError
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    UnsupportedParameterError,
+)
 from tests.fixtures.fault_server import FaultServer, Scenario
 from tests.fixtures.vllm_server import VLLMServer
 

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from inferline.engines.openai_compat import RemoteInferenceEngine
 
 from inferline.core.configs import ModelParams, RemoteParams
 from inferline.core.types import Conversation
+from inferline.engines.openai_compat import RemoteInferenceEngine
 from inferline.errors import FatalEngineError, RetryableEngineError
 from tests.fixtures.fault_server import FaultServer, Scenario
 

@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 
 from inferline.core.configs import GenerationParams, ModelParams
+from inferline.core.types import Conversation
 from inferline.engines.hardware import cuda_available
 from inferline.engines.llamacpp import LlamaCppInferenceEngine
 from inferline.engines.native import NativeTextInferenceEngine
 from inferline.engines.vllm import VLLMInferenceEngine, vllm_build
-from inferline.errors import ConfigurationError, EngineUnavailableError
+from inferline.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    UnsupportedRequestError,
+)
 from tests.engines import local_checks as check
 
 needs_vllm = pytest.mark.skipif(vllm_build() is None, reason="vllm is not installed")
@@ -37,20 +42,37 @@ async def test_answers_capital_of_france(engine: VLLMInferenceEngine) -> None:
     await check.answers_capital_of_france(engine)
 
 
+CAPITALS = {"France": "Paris", "Italy": "Rome", "Japan": "Tokyo", "Germany": "Berlin",
+            "Spain": "Madrid", "Russia": "Moscow", "China": "Beijing", "Egypt": "Cairo"}
+
+
 @needs_vllm
 @pytest.mark.slow
 async def test_the_three_local_engines_agree(engine: VLLMInferenceEngine, smollm_gguf: Path,
                                              smollm_hf: Path) -> None:
+    """Eight capitals, greedy, on vLLM, llama.cpp and transformers. The same model in three
+    numerics (bf16, Q8 activations, fp32 CPU kernels) may flip a near-tie, so the bar is a
+    rate: each engine right on at least 7 of 8, and each pair agreeing on at least 7 of 8."""
     others = [LlamaCppInferenceEngine(ModelParams(model_name=str(smollm_gguf))),
               NativeTextInferenceEngine(ModelParams(model_name=str(smollm_hf)))]
+    convs = [Conversation.from_prompt(f"What is the capital of {country}?", check.SYSTEM)
+             for country in CAPITALS]
     try:
-        answers = {type(e).__name__: await check.answer(e, max_new_tokens=32)
-                   for e in [engine, *others]}
+        found = {}
+        for e in [engine, *others]:
+            outs = await e.ainfer(convs, check.config(max_new_tokens=16))
+            found[type(e).__name__] = [next((c for c in CAPITALS.values()
+                                             if c in o.last_message().text), None) for o in outs]
     finally:
         for other in others:
             await other.aclose()
-    assert len(set(answers.values())) == 1, answers
-    assert "Paris" in answers["VLLMInferenceEngine"]
+    right = {name: sum(a == b for a, b in zip(got, CAPITALS.values())) for name, got in found.items()}
+    names = list(found)
+    agree = {f"{a}/{b}": sum(x == y for x, y in zip(found[a], found[b]))
+             for i, a in enumerate(names) for b in names[i + 1:]}
+    print(f"right of 8: {right}; pairs agreeing of 8: {agree}")
+    assert min(right.values()) >= 7, found
+    assert min(agree.values()) >= 7, found
 
 
 @needs_vllm
@@ -103,7 +125,7 @@ def test_misspelt_model_kwarg_names_key_and_hint() -> None:
 
 def test_logit_bias_needs_token_ids() -> None:
     engine = VLLMInferenceEngine(ModelParams(model_name="m"))
-    with pytest.raises(ConfigurationError, match="logit_bias"):
+    with pytest.raises(UnsupportedRequestError, match="logit_bias"):
         engine._sampling(GenerationParams(logit_bias={"Paris": 5.0}))
 
 

@@ -3,47 +3,35 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
 
 import pytest
 from structlog.testing import capture_logs
 
-from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams, RemoteParams
+from inferline.core.configs import (
+    GenerationParams,
+    InferenceConfig,
+    ModelParams,
+    RemoteParams,
+)
 from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, Completion
+from inferline.engines.base import Completion
+from inferline.engines.testing import FakeEngine
 from inferline.errors import (
     AllEnginesFailedError,
     EngineUnavailableError,
     FatalEngineError,
     RetryableEngineError,
+    UnsupportedParameterError,
 )
-from inferline.inference import LlamaCppInferenceEngine, RemoteInferenceEngine
+from inferline.inference import (
+    LlamaCppInferenceEngine,
+    RemoteInferenceEngine,
+    RemoteVLLMInferenceEngine,
+)
 from inferline.pipelines.breaker import CircuitBreaker
 from inferline.pipelines.fallback import FallbackChain
 from inferline.settings.model import ChainSettings
-
-
-class FakeEngine(BaseInferenceEngine):
-    """Answers "<name>: <prompt>"; fails the calls listed in ``fail`` with the given errors."""
-
-    engine_type = InferenceEngineType.REMOTE
-    supported_params = frozenset(GenerationParams.model_fields)
-
-    def __init__(self, name: str, fail: dict[int, Exception] | None = None,
-                 unavailable: str | None = None) -> None:
-        super().__init__(ModelParams(model_name="fake"), name=name)
-        self.fail, self.unavailable, self.calls = fail or {}, unavailable, 0
-
-    def preflight(self) -> None:
-        if self.unavailable:
-            raise EngineUnavailableError(self.unavailable, engine=self.name)
-
-    async def _agenerate(self, conversations: Sequence[Conversation],
-                         params: GenerationParams) -> list[Completion]:
-        self.calls += 1
-        if self.calls in self.fail:
-            raise self.fail[self.calls]
-        return [Completion(f"{self.name}: {c.messages[-1].text}", "stop") for c in conversations]
+from tests.fixtures.fault_server import FaultServer, Scenario
 
 
 def _convs(n: int) -> list[Conversation]:
@@ -151,4 +139,52 @@ async def test_stream_falls_back_before_first_chunk() -> None:
     chain = FallbackChain("c", [FakeEngine("a", fail={1: RetryableEngineError("down")}),
                                 FakeEngine("b")])
     chunks = [c async for c in chain.astream(_convs(1)[0])]
-    assert "".join(c.text for c in chunks) == "b: q0" and chunks[0].engine == "b"
+    assert "".join(c.text for c in chunks) == "b: q0" and chunks[0].served_by == "b"
+
+
+async def test_a_request_the_first_engine_cannot_honour_does_not_retire_it(
+        fault_server: FaultServer) -> None:
+    """Issue 11's reproduction: top_k is refused by a, served by b; a plain request then
+    goes to a again, and nothing is marked unavailable."""
+    scenario = Scenario()
+    url = fault_server.url(scenario) + "/v1"
+    a = RemoteInferenceEngine(ModelParams(model_name="m"), name="a",
+                              remote_params=RemoteParams(api_url=url))
+    b = RemoteVLLMInferenceEngine(ModelParams(model_name="m"), name="b",
+                                  remote_params=RemoteParams(api_url=url))
+    chain = FallbackChain("c", [a, b])
+    top_k = InferenceConfig(generation=GenerationParams(top_k=5))
+    [first] = await chain.agenerate(_convs(1), top_k)
+    [plain] = await chain.agenerate(_convs(1))
+    await a.aclose()
+    await b.aclose()
+    assert isinstance(first, Completion) and first.served_by == "b"
+    assert first.attempts[0].error == "UnsupportedParameterError"
+    assert "top_k" in (first.attempts[0].message or "")
+    assert isinstance(plain, Completion) and plain.served_by == "a"
+    assert chain.unavailable == {} and chain.breaker(a).failures == 0
+    assert chain.plan() == {"a": None, "b": None}
+
+
+async def test_a_request_no_engine_can_honour_is_that_request_error() -> None:
+    chain = FallbackChain("c", [FakeEngine("a", supported=frozenset({"max_new_tokens"})),
+                                FakeEngine("b", supported=frozenset({"max_new_tokens"}))])
+    [outcome] = await chain.agenerate(_convs(1), InferenceConfig(
+        generation=GenerationParams(top_k=5)))
+    assert isinstance(outcome, UnsupportedParameterError) and outcome.param == "top_k"
+    [ok] = await chain.agenerate(_convs(1))
+    assert isinstance(ok, Completion) and ok.served_by == "a"
+
+
+async def test_a_failed_load_retires_the_engine_for_the_chain() -> None:
+    class BrokenLoad(FakeEngine):
+        def _load(self) -> None:
+            raise EngineUnavailableError("weights are corrupt", engine=self.name)
+
+    broken = BrokenLoad("broken")
+    chain = FallbackChain("c", [broken, FakeEngine("b")])
+    for _ in range(2):
+        [out] = await chain.agenerate(_convs(1))
+        assert isinstance(out, Completion) and out.served_by == "b"
+    assert chain.unavailable == {"broken": "broken: weights are corrupt"}
+    assert chain.plan()["broken"] == "broken: weights are corrupt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,36 +13,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from inferline.containers import build_container
-from inferline.core.configs import GenerationParams, InferenceEngineType, ModelParams
 from inferline.core.portal import portal
-from inferline.core.types import Conversation
-from inferline.engines.base import BaseInferenceEngine, Completion, Usage
+from inferline.engines.base import BaseInferenceEngine
 from inferline.engines.catalog import EngineCatalog
+from inferline.engines.testing import FakeEngine
 from inferline.errors import InputError, OutputValidationError, TemplateError
 from inferline.pipelines import ChainCatalog, Pipeline, PipelineBuilder
 from inferline.settings.model import ChainSettings, EngineSettings
 from tests.fixtures.fault_server import FaultServer, Scenario
 from tests.fixtures.gateway import free_port
-
-
-class ScriptedEngine(BaseInferenceEngine):
-    """Answers with ``reply(first message, nth time it was seen)``; records what it was sent."""
-
-    engine_type = InferenceEngineType.REMOTE
-    supported_params = frozenset(GenerationParams.model_fields)
-
-    def __init__(self, name: str, reply: Any) -> None:
-        super().__init__(ModelParams(model_name="fake"), name=name)
-        self.reply, self.seen = reply, []  # type: ignore[var-annotated]
-
-    async def _agenerate(self, conversations: Sequence[Conversation],
-                         params: GenerationParams) -> list[Completion]:
-        out = []
-        for conv in conversations:
-            self.seen.append(conv)
-            nth = sum(c.messages[0].text == conv.messages[0].text for c in self.seen)
-            out.append(Completion(self.reply(conv.messages[0].text, nth), "stop", Usage(3, 2)))
-        return out
 
 
 def catalog(**engines: BaseInferenceEngine) -> ChainCatalog:
@@ -52,7 +31,7 @@ def catalog(**engines: BaseInferenceEngine) -> ChainCatalog:
 
 
 def test_second_generate_step_sees_the_first_output() -> None:
-    engine = ScriptedEngine("e", lambda prompt, n: f"<{prompt}>")
+    engine = FakeEngine("e", reply=lambda prompt, n: f"<{prompt}>")
     spec = (PipelineBuilder("two", fields=["country"])
             .template("capital of {{ country }}").generate(chain="main", output="capital")
             .postprocess("upper")
@@ -73,7 +52,7 @@ def test_invalid_json_is_reasked_then_accepted() -> None:
     def reply(prompt: str, nth: int) -> str:
         return '{"city": "Paris"}' if nth > 1 else "Paris, of course"
 
-    engine = ScriptedEngine("e", reply)
+    engine = FakeEngine("e", reply=reply)
     spec = (PipelineBuilder("js", fields=["country"]).template("capital of {{ country }}")
             .generate(chain="main")
             .postprocess({"json_schema": {"schema": {"type": "object", "required": ["city"]},
@@ -89,7 +68,7 @@ def test_invalid_json_is_reasked_then_accepted() -> None:
 
 
 def test_reasks_are_bounded_and_only_the_bad_row_fails() -> None:
-    engine = ScriptedEngine("e", lambda p, n: "never json" if "Peru" in p else '{"city": "x"}')
+    engine = FakeEngine("e", reply=lambda p, n: "never json" if "Peru" in p else '{"city": "x"}')
     spec = (PipelineBuilder("js", fields=["country"]).template("capital of {{ country }}")
             .generate(chain="main")
             .postprocess({"json_schema": {"schema": {"type": "object"}, "reask": 2}}).build())
@@ -102,7 +81,7 @@ def test_reasks_are_bounded_and_only_the_bad_row_fails() -> None:
 
 
 def test_bad_rows_fail_alone_and_never_reach_the_engine() -> None:
-    engine = ScriptedEngine("e", lambda p, n: "ok")
+    engine = FakeEngine("e", reply=lambda p, n: "ok")
     spec = (PipelineBuilder("t", fields=["country"]).template("{{ country.__class__ }}")
             .generate(chain="main").build())
     pipeline = Pipeline(spec, catalog(e=engine))

@@ -113,7 +113,7 @@ def test_killed_run_resumes_with_every_row_exactly_once(tmp_path: Path,
     assert rerun.returncode == 0, rerun.stderr
     rows = [r["_row"] for r in read_rows(out)]
     assert sorted(rows) == list(range(60)), Counter(rows).most_common(3)
-    assert f"already done" in rerun.stderr and f"{done_before} already done" in rerun.stderr
+    assert "already done" in rerun.stderr and f"{done_before} already done" in rerun.stderr
     asked = Counter(scenario.prompts())
     assert set(asked) == {f"c{i}" for i in range(60)}
     assert sum(asked.values()) <= 60 + 2  # at most the wave in flight at the kill is asked twice

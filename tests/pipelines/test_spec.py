@@ -143,3 +143,24 @@ def test_missing_pipelines_folder_is_an_error(tmp_path: Path,
     settings.write_text(f"pipelines: {{dirs: ['{tmp_path / 'nope'}']}}\n")
     assert main(["validate", "capital-quiz", "--settings", str(settings)]) == 2
     assert f"pipelines.dirs.0: no such folder: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+#: nine levels of nine aliases: 9**9 values once expanded, from a few hundred bytes
+ALIAS_BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n"
+                     for i in range(9))
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (bytes(range(256)), "p.yaml:2: file is not UTF-8 text (byte 0x80 at offset 128)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+     "p.yaml:1: file is not UTF-8 text (byte 0x89 at offset 0)"),
+    (GOOD.encode("utf-16"), "p.yaml:1: file is not UTF-8 text (it looks like UTF-16)"),
+    ((GOOD + ALIAS_BOMB).encode(), "more than 50000 values once aliases are expanded"),
+])
+def test_binary_utf16_or_alias_bomb_pipeline_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, message: str) -> None:
+    (tmp_path / "p.yaml").write_bytes(data)
+    assert main(["validate", str(tmp_path / "p.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"inferline: error: {tmp_path}/p.yaml:")
+    assert message in err and err.count("\n") == 1

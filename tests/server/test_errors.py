@@ -91,3 +91,21 @@ async def test_all_engines_failed_is_503_listing_each_attempt(gateway) -> None:
         assert caught.value.status_code == 503
         assert caught.value.body["code"] == "all_engines_failed"
         assert [a["engine"] for a in caught.value.body["attempts"]] == ["dead1", "dead2"]
+
+
+async def test_deeply_nested_body_is_invalid_json_not_a_crash(gateway, fault_server) -> None:
+    gw = await gateway({"echo": remote(fault_server.url(Scenario()))})
+    deep_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+    deep_schema["json_schema"]["schema"]["x"] = json.loads("[" * 300 + "]" * 300)
+    bodies = [b"[" * 100_000,  # the JSON decoder recurses once per [
+              json.dumps({**GOOD, "response_format": deep_schema}).encode()]  # orjson stops at 255
+    with capture_logs() as logs:
+        async with aiohttp.ClientSession() as http:
+            for body in bodies:
+                async with http.post(f"{gw.url}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"}) as resp:
+                    error = (await resp.json())["error"]
+                    assert (resp.status, error["code"]) == (400, "invalid_json")
+                    assert error["message"] == ("the request body is nested too deeply "
+                                                "(over 100 levels)")
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from inferline.server.gateway import GATEWAY
-from inferline.settings.model import EngineSettings, LogSettings
 from structlog.testing import capture_logs
 
 from inferline.core.configs import ModelParams
+from inferline.server.gateway import GATEWAY
+from inferline.settings.model import EngineSettings, LogSettings
 from tests.fixtures.fault_server import Scenario
 from tests.fixtures.gateway import remote
 

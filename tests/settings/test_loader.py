@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,83 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         load_settings(_write(tmp_path, "s.yaml", "a: 1\n  b: [\n"))
     with pytest.raises(ConfigurationError, match="cannot read file"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def billion_laughs() -> str:
+    """Nine levels of nine aliases: 9**9 values once expanded, from a few hundred bytes."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    path = _write(tmp_path, "s.yaml", billion_laughs())
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(path)
+    assert time.monotonic() - started < 10  # expanded in full, it would not finish at all
+    assert str(err.value).startswith(f"{path}:1: ")
+    assert "more than 50000 values once aliases are expanded" in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: " + "[" * 100_000, ":1: invalid YAML: nested deeper than 100 levels"),
+    ("log: &a [*a]\n", ":1: nested deeper than 100 levels"),  # an alias inside its own anchor
+    ("log: {level: INFO}\nserver: {port: !port 80}\n",
+     ":2: server.port: invalid value: could not determine a constructor for the tag '!port'"),
+])
+def test_deep_or_odd_yaml_is_one_located_error(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, "s.yaml", text)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(path)
+    assert str(err.value) == f"{path}{message}"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (bytes(range(256)), ":2: file is not UTF-8 text (byte 0x80 at offset 128)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ":1: file is not UTF-8 text (byte 0x89 at offset 0)"),
+    ("log: {level: INFO}\n".encode("utf-16"), ":1: file is not UTF-8 text (it looks like UTF-16)"),
+    ("log: {level: INFO}\n".encode("utf-16-le"), ":1: file is not UTF-8 text (character #x0000)"),
+    (b"log: {level: INFO}\n" + b"#" * (1024 * 1024), ": file is larger than 1024 KiB"),
+])
+def test_binary_or_huge_file_is_refused(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(path)
+    assert str(err.value) == f"{path}{message}"
+
+
+def test_bad_variable_is_blamed_on_the_variable(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    user = _write(tmp_path, "s.yaml", "server: {port: 9001}\n")
+    monkeypatch.setenv("INFERLINE_SERVER__PORT", "abc")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(user)
+    assert str(err.value) == ("INFERLINE_SERVER__PORT: Input should be a valid integer, "
+                              "unable to parse string as an integer")
+    monkeypatch.delenv("INFERLINE_SERVER__PORT")
+    dotenv = _write(tmp_path, ".env", "# local\nINFERLINE_LOG__FORMAT=xml\n")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(user, dotenv=dotenv)
+    assert str(err.value).startswith(f"{dotenv}:2: INFERLINE_LOG__FORMAT: Input should be")
+
+
+def test_bad_override_names_its_key_not_a_file(tmp_path: Path) -> None:
+    user = _write(tmp_path, "s.yaml", "server: {port: 9001}\n")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(user, overrides={"server": {"port": 70000}})
+    assert str(err.value) == "server.port: Input should be less than or equal to 65535"
+
+
+def test_data_dir_is_not_a_setting(tmp_path: Path) -> None:
+    # models live in $INFERLINE_DATA_DIR; a setting that nothing read is an error, not ignored
+    with pytest.raises(ConfigurationError, match=r"s.yaml:1: data_dir: Extra inputs"):
+        load_settings(_write(tmp_path, "s.yaml", "data_dir: /srv/models\n"))
+
+
+def test_list_variable_not_written_as_json_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERLINE_SERVER__API_KEY_ENV_VARNAMES", "KEY_A")
+    with pytest.raises(ConfigurationError, match=r'"server".*a list or mapping is written as JSON'):
+        load_settings()
