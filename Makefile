@@ -1,8 +1,9 @@
 # make run   - set up .venv and run the example pipeline (capital-quiz) over examples/countries.jsonl
 #              through the default fallback chain (local vLLM -> llama.cpp -> OpenAI)
-# make test  - set up .venv and run the test suite
+# make test  - set up .venv, lint, and run the test suite
+# make lint  - ruff over the tree, mypy --strict over the package (scripts/lint.sh)
 # make bench - run the benchmarks under bench/ (figures in README.md)
-.PHONY: setup run test bench
+.PHONY: setup run lint test bench
 
 setup:
 	bash scripts/setup.sh
@@ -12,7 +13,10 @@ run: setup
 		--output out/capital-quiz.jsonl --restart
 	.venv/bin/python scripts/show.py out/capital-quiz.jsonl country answer
 
-test: setup
+lint: setup
+	bash scripts/lint.sh
+
+test: setup lint
 	.venv/bin/pytest
 
 bench: setup

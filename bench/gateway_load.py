@@ -148,7 +148,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {
         "setup": {"requests_per_round": N_REQUESTS, "concurrency": CONCURRENCY, "rounds": ROUNDS,
                   "cpus": len(os.sched_getaffinity(0))},
-        "direct": {**{k: round(v, 2) for k, v in med["direct"].items()}, "errors": errors["direct"]},
+        "direct": {**{k: round(v, 2) for k, v in med["direct"].items()},
+                   "errors": errors["direct"]},
         "gateway": {**{k: round(v, 2) for k, v in med["gateway"].items()},
                     "errors": errors["gateway"]},
         "overhead": {"rps_ratio": round(med["direct"]["rps"] / med["gateway"]["rps"], 2),

@@ -1,6 +1,6 @@
 """What a pipeline costs on top of its engine, and what a dead first engine costs.
 
-    .venv/bin/python bench/pipeline_overhead.py     # ~1 min; writes bench/results/pipeline_overhead.json
+    .venv/bin/python bench/pipeline_overhead.py   # ~1 min; bench/results/pipeline_overhead.json
 
 The engine is a RemoteInferenceEngine on a stub server (its own process) that answers
 at once, so the engine's own cost is as small as an HTTP engine's gets.
@@ -104,7 +104,7 @@ def throughput(url: str) -> dict[str, Any]:
     assert all(o.output["answer"] == "Paris" for o in pipe.run_batch(rows[:10]))
     engine.close()
     med = {name: statistics.median(r) for name, r in runs.items()}
-    paired = statistics.median(d / p for d, p in zip(runs["direct"], runs["pipeline"]))
+    paired = statistics.median(d / p for d, p in zip(runs["direct"], runs["pipeline"], strict=True))
     return {"direct_rows_per_s": round(N_ROWS / med["direct"], 1),
             "pipeline_rows_per_s": round(N_ROWS / med["pipeline"], 1),
             "engine_only_rows_per_s": round(N_ROWS / med["engine_only"], 1),

@@ -1,6 +1,6 @@
 """RemoteInferenceEngine vs a bare aiohttp loop, against a stub server that answers at once.
 
-    .venv/bin/python bench/remote_engine.py            # ~1-2 min; writes bench/results/remote_engine.json
+    .venv/bin/python bench/remote_engine.py   # ~1-2 min; writes bench/results/remote_engine.json
 
 Throughput: 3,000 chat-completion requests at 64 in flight, alternating the two
 clients (5 rounds each, after a warm-up) in one run; the figure is the median
@@ -123,7 +123,8 @@ def throughput(url: str) -> dict[str, Any]:
     engine = engine_for(url)
     runs: dict[str, list[tuple[float, float]]] = {"bare_aiohttp": [], "inferline": []}
     clients = {"bare_aiohttp": lambda: asyncio.run(bare_loop(url, texts)),
-               "inferline": lambda: sum(c.messages[-1].content == "Paris." for c in engine.infer(convs))}
+               "inferline": lambda: sum(c.messages[-1].content == "Paris."
+                                        for c in engine.infer(convs))}
     for name, client in clients.items():  # warm-up: connections, imports, caches
         assert client() == N_REQUESTS, name
     for _ in range(ROUNDS):

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inferline.core.configs import (
     GenerationParams,
@@ -52,7 +52,9 @@ def engine_type(value: str | InferenceEngineType) -> InferenceEngineType:
 
 def engine_class(kind: str | InferenceEngineType) -> type[BaseInferenceEngine]:
     module, name = REGISTRY[engine_type(kind)]
-    return getattr(importlib.import_module(f"inferline.engines.{module}"), name)
+    cls: type[BaseInferenceEngine] = getattr(
+        importlib.import_module(f"inferline.engines.{module}"), name)
+    return cls
 
 
 def build_engine(kind: str | InferenceEngineType, model_params: ModelParams, *,
@@ -61,7 +63,7 @@ def build_engine(kind: str | InferenceEngineType, model_params: ModelParams, *,
                  name: str | None = None) -> BaseInferenceEngine:
     """Construct (not load) an engine of ``kind``. Remote params go only to remote engines."""
     cls = engine_class(kind)
-    kwargs = {"generation_params": generation_params, "name": name}
+    kwargs: dict[str, Any] = {"generation_params": generation_params, "name": name}
     if not cls.is_local:
         kwargs["remote_params"] = remote_params
     elif remote_params is not None:

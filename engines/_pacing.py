@@ -24,7 +24,7 @@ def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float |
     """
     if retry_after is not None:
         return min(max(retry_after, 0.0), cap)
-    ceiling = min(cap, base * 2 ** (attempt - 1))
+    ceiling = min(cap, base * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -29,7 +29,7 @@ async def run_pool(n: int, workers: int, job: Job, sink: Sink) -> None:
         for i in indices:
             try:
                 outcome: Any = await job(i)
-            except Exception as exc:  # noqa: BLE001 - the sink decides what ends the call
+            except Exception as exc:  # the sink decides what ends the call
                 outcome = exc
             await sink(i, outcome)
 

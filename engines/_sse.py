@@ -15,7 +15,8 @@ async def iter_sse(lines: AsyncIterable[bytes]) -> AsyncIterator[tuple[str, str]
     Multi-line ``data`` fields are joined with newlines; comments and ``id``/``retry``
     fields are skipped. A last event not followed by a blank line is still yielded.
     """
-    event, data = "message", []
+    event = "message"
+    data: list[str] = []
     async for raw in lines:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -120,16 +120,19 @@ class Generator(ABC):
 
     @abstractmethod
     def astream(self, conversation: Conversation,
-                inference_config: InferenceConfig | None = None) -> AsyncIterator[StreamChunk]:
+                inference_config: InferenceConfig | None = None,
+                ) -> AsyncGenerator[StreamChunk, None]:
         """Text chunks as generated; the last has finish_reason and usage. Errors raise."""
 
-    def preflight(self) -> None:
+    # Hooks that may do nothing, so not abstract (B027).
+
+    def preflight(self) -> None:  # noqa: B027
         """Cheap check that this can run here; raises ``EngineUnavailableError``."""
 
-    async def aload(self) -> None:
+    async def aload(self) -> None:  # noqa: B027
         """Load whatever must be loaded before the first call."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027
         """Release sessions, processes and memory."""
 
     # -- adapters over agenerate: written once, never overridden ---------------------
@@ -322,7 +325,7 @@ class BaseInferenceEngine(Generator):
 
     async def astream(self, conversation: Conversation,
                       inference_config: InferenceConfig | None = None,
-                      ) -> AsyncIterator[StreamChunk]:
+                      ) -> AsyncGenerator[StreamChunk, None]:
         params = self._generation(inference_config)
         await self.aload()
         async for chunk in self._astream(conversation, params):

@@ -30,7 +30,7 @@ def resolve_hub(repo_id: str, fmt: str = "hf", *, engine: str = "") -> str:
     try:
         import huggingface_hub
         import huggingface_hub.constants
-        import huggingface_hub.errors  # noqa: F401 -- submodules are not loaded by the package
+        import huggingface_hub.errors  # submodules are not loaded by the package
     except ImportError as exc:
         raise EngineUnavailableError(
             f"model {repo_id!r} is a hub id and huggingface_hub is not installed: "
@@ -52,7 +52,8 @@ def _offline(hub: Any) -> bool:
 
 def _cached(hub: Any, repo_id: str, patterns: list[str], engine: str) -> str:
     try:
-        return hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        return str(hub.snapshot_download(repo_id, allow_patterns=patterns,
+                                         local_files_only=True))
     except (hub.errors.LocalEntryNotFoundError, hub.errors.HFValidationError, OSError) as exc:
         raise EngineUnavailableError(
             f"model not found: {repo_id!r} is not a local path, a packaged model "
@@ -69,7 +70,7 @@ def _probe(hub: Any, repo_id: str, engine: str) -> None:
             endpoint = os.environ.get("HF_ENDPOINT")  # read now, not at hub import
             hub.HfApi(endpoint=endpoint).model_info(repo_id, timeout=PROBE_TIMEOUT_S)
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread
+        except BaseException as exc:  # handed to the caller's thread
             outcome.append(exc)
 
     thread = threading.Thread(target=ask, name="inferline-hub-probe", daemon=True)

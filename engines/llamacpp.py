@@ -137,7 +137,10 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
             raise ConfigurationError("the GGUF has no chat template; set one",
                                      key="model.chat_template")
         eos, bos = llm.token_eos(), llm.token_bos()
-        text = lambda tok: llm.detokenize([tok], special=True).decode() if tok != -1 else ""  # noqa: E731
+
+        def text(tok: int) -> str:
+            return llm.detokenize([tok], special=True).decode() if tok != -1 else ""
+
         return Jinja2ChatFormatter(template=template, eos_token=text(eos), bos_token=text(bos),
                                    stop_token_ids=[eos])
 
@@ -171,7 +174,9 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
             return [self._complete(messages, kwargs) for messages in batch]
 
     def _complete(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> Completion:
-        out = self._call(lambda: self._ready().create_chat_completion(messages, **kwargs))
+        # (llama_cpp types messages as TypedDicts; ours are plain dicts of the same shape)
+        out = self._call(lambda: self._ready().create_chat_completion(
+            messages, **kwargs))  # type: ignore[arg-type]
         choice, usage = out["choices"][0], out["usage"]
         return Completion(choice["message"]["content"] or "", choice["finish_reason"],
                           Usage(usage["prompt_tokens"], usage["completion_tokens"]))
@@ -204,7 +209,9 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
                        emit: Emit, cancel: threading.Event) -> None:
         llm = self._ready()
         prompt_tokens = self._prompt_tokens(llm, messages)
-        chunks = llm.create_chat_completion(messages, stream=True, **kwargs)
+        # with stream=True, a generator of chunk dicts (llama_cpp's union type says less)
+        chunks: Any = llm.create_chat_completion(
+            messages, stream=True, **kwargs)  # type: ignore[arg-type]
         finish = None
         for chunk in chunks:
             if cancel.is_set():
@@ -221,7 +228,7 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
 
     def _prompt_tokens(self, llm: Llama, messages: list[dict[str, str]]) -> int:
         """Tokens in the prompt, counted exactly as the chat handler builds it."""
-        result = self._formatter(messages=messages)  # type: ignore[misc]
+        result = self._formatter(messages=messages)  # type: ignore[misc, arg-type]
         return len(llm.tokenize(result.prompt.encode(), add_bos=not result.added_special,
                                 special=True))
 

@@ -94,7 +94,8 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], None]) -> A
     ``cancel`` (``work`` should stop soon) and waits for the thread to end, so
     the backend's lock is free again afterwards.
     """
-    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
     cancel = threading.Event()
 
     def emit(item: Any) -> None:
@@ -103,7 +104,7 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], None]) -> A
     def run() -> None:
         try:
             work(emit, cancel)
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer
+        except BaseException as exc:  # re-raised in the consumer
             emit(exc)
         finally:
             emit(_END)

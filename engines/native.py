@@ -279,7 +279,7 @@ def _streaming(tokenizer: Any, params: GenerationParams, emit: Emit,
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-    class _Streamer(TextStreamer):
+    class _Streamer(TextStreamer):  # type: ignore[misc]  # transformers is untyped to us
         stops = StopStrings(params.stop_strings)
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -290,7 +290,7 @@ def _streaming(tokenizer: Any, params: GenerationParams, emit: Emit,
             if out := self.stops.flush():
                 emit(StreamChunk(out))
 
-    class _Cancel(StoppingCriteria):
+    class _Cancel(StoppingCriteria):  # type: ignore[misc]
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
             return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
 

@@ -142,7 +142,7 @@ def _installed_file(spec: PackagedModel, member: str) -> tuple[Path, str | None]
     except metadata.PackageNotFoundError:
         return None
     for item in files:
-        if str(item) == member and item.locate().is_file():
+        if str(item) == member and Path(item.locate()).is_file():
             digest = item.hash.value if item.hash and item.hash.mode == "sha256" else None
             raw = base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)) if digest else None
             return Path(item.locate()), raw.hex() if raw else None

@@ -224,16 +224,18 @@ class BaseRemoteEngine(BaseInferenceEngine):
                     merge_final(final, chunk)
                     if chunk.text:
                         yield StreamChunk(chunk.text)
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from exc
         if final.finish_reason is None:
             raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
         yield final
 
-    async def _complete(self, conversation: Conversation, base: Body, state: LoopState) -> Completion:
+    async def _complete(self, conversation: Conversation, base: Body,
+                        state: LoopState) -> Completion:
         done = None
-        async for done in self._exchange(conversation, base, state, stream=False):
-            pass  # run the exchange to its end: that releases the slot and settles the limiter
+        # run the exchange to its end: that releases the slot and settles the limiter
+        async for item in self._exchange(conversation, base, state, stream=False):
+            done = item
         assert isinstance(done, Completion)
         return done
 

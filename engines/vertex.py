@@ -63,8 +63,8 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
 
     def preflight(self) -> None:
         if importlib.util.find_spec("google.auth") is None:
-            raise EngineUnavailableError("google-auth is not installed; pip install 'inferline[gcp]'",
-                                         engine=self.name)
+            raise EngineUnavailableError(
+                "google-auth is not installed; pip install 'inferline[gcp]'", engine=self.name)
 
     def _load(self) -> None:
         """Find the credentials and fill the URL template (blocking; runs in a thread)."""
@@ -75,7 +75,8 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
             self._credentials, project = google.auth.default(scopes=SCOPES)
         except DefaultCredentialsError as exc:
             raise EngineUnavailableError(f"no Google credentials found ({exc}); set "
-                                         "GOOGLE_APPLICATION_CREDENTIALS", engine=self.name) from exc
+                                         "GOOGLE_APPLICATION_CREDENTIALS",
+                                         engine=self.name) from exc
         self.api_url = self._fill_url(project)
 
     def _fill_url(self, credentials_project: str | None) -> str:
@@ -109,8 +110,9 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
             return False
         if creds.expiry is None:
             return True
-        now = dt.datetime.now(dt.timezone.utc)
-        expiry = creds.expiry if creds.expiry.tzinfo else creds.expiry.replace(tzinfo=dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
+        expiry: dt.datetime = (creds.expiry if creds.expiry.tzinfo
+                               else creds.expiry.replace(tzinfo=dt.UTC))
         return (expiry - now).total_seconds() > self.token_refresh_margin_s
 
     async def _refresh_once(self) -> None:
@@ -130,7 +132,8 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
             try:
                 self._credentials.refresh(google.auth.transport.requests.Request())
             except TransportError as exc:
-                raise RetryableEngineError(f"token refresh failed: {exc}", engine=self.name) from exc
+                raise RetryableEngineError(f"token refresh failed: {exc}",
+                                           engine=self.name) from exc
             except RefreshError as exc:
                 if getattr(exc, "retryable", False):
                     raise RetryableEngineError(f"token refresh failed: {exc}",

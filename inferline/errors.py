@@ -89,7 +89,8 @@ class EngineError(InferlineError):
 
     def __init__(self, message: str, *, engine: str = "", status: int | None = None,
                  retry_after: float | None = None) -> None:
-        self.message, self.engine, self.status, self.retry_after = message, engine, status, retry_after
+        self.message, self.engine = message, engine
+        self.status, self.retry_after = status, retry_after
         prefix = f"{engine}: " if engine else ""
         code = f"HTTP {status}: " if status else ""
         super().__init__(f"{prefix}{code}{message}")
@@ -117,13 +118,14 @@ class UnsupportedParameterError(UnsupportedRequestError, ConfigurationError):
     """An engine was asked for a generation parameter it cannot honour.
 
     >>> str(UnsupportedParameterError("openai", "top_k", 5))
-    "openai: generation.top_k: not supported by this engine (set to 5)"
+    'openai: generation.top_k: not supported by this engine (set to 5)'
     """
 
     def __init__(self, engine: str, param: str, value: Any) -> None:
         message = f"generation.{param}: not supported by this engine (set to {value!r})"
         super().__init__(message, engine=engine)  # EngineError's, then ConfigurationError's
-        self.message, self.engine, self.param, self.key = message, engine, param, f"generation.{param}"
+        self.message, self.engine = message, engine
+        self.param, self.key = param, f"generation.{param}"
 
 
 _FATAL_STATUSES = {400, 401, 403, 404, 405, 413, 422}

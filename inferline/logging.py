@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
+from structlog.typing import EventDict
 
 from inferline.settings.model import LogSettings
 
@@ -24,7 +25,7 @@ class RedactSecrets:
     def __init__(self, env_vars: Iterable[str]) -> None:
         self.env_vars = list(env_vars)
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: Any, method: str, event: EventDict) -> EventDict:
         secrets = [os.environ[v] for v in self.env_vars if os.environ.get(v)]
         for key, value in event.items():
             if any(s in key.lower() for s in _SECRET_FIELDS):
@@ -63,6 +64,7 @@ def configure_logging(settings: LogSettings, secret_env_vars: Iterable[str] = ()
                     renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(settings.level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),
+        # PrintLogger only writes and flushes, which is all _CurrentStderr offers
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )

@@ -40,6 +40,11 @@ class ChainCatalog:
             self._built[name] = self._chain(name, spec)
         return self._built[name]
 
+    def retired(self) -> dict[str, str]:
+        """Engines a chain took out of service (their preflight or load failed), and why."""
+        return {name: why for chain in self._built.values()
+                for name, why in chain.unavailable.items()}
+
     def inline(self, members: list[str]) -> FallbackChain:
         """A chain over ``members`` (engine or chain names), with the default chain settings."""
         name = "[" + ", ".join(members) + "]"

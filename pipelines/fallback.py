@@ -19,7 +19,7 @@ falls back only before the first chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import structlog
 
@@ -176,7 +176,7 @@ class FallbackChain(Generator):
 
     async def astream(self, conversation: Conversation,
                       inference_config: InferenceConfig | None = None,
-                      ) -> AsyncIterator[StreamChunk]:
+                      ) -> AsyncGenerator[StreamChunk, None]:
         """The first engine that starts answering streams the answer; its last chunk
         carries the attempts. A failure after the first chunk is raised."""
         tried: list[Attempt] = []

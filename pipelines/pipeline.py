@@ -1,8 +1,9 @@
 """A pipeline: a checked ``PipelineSpec`` turned into steps over shared fallback chains.
 
-    pipeline = Pipeline.from_yaml("capital-quiz.yaml")           # settings from the profile
-    await pipeline.arun({"country": "France"})                  # {"country": ..., "answer": "Paris", "_meta": {...}}
-    pipeline.run_batch([{"country": "France"}, {"country": "Peru"}])   # a Row (output or error) each
+    pipeline = Pipeline.from_yaml("capital-quiz.yaml")   # settings from the profile
+    await pipeline.arun({"country": "France"})
+    # {"country": "France", "answer": "Paris", "_meta": {...}}
+    pipeline.run_batch([{"country": "France"}, {"country": "Peru"}])  # a Row (output or error) each
 
 Building checks everything that needs no engine call: template syntax and
 variables (only declared input fields and earlier outputs), chain and engine
@@ -103,7 +104,8 @@ class Pipeline:
 def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str],
              used: list[FallbackChain]) -> list[Any]:
     """The spec's steps, built and cross-checked; ``used`` collects their chains."""
-    known, steps = set(spec.input.fields), []
+    known: set[str] = set(spec.input.fields)
+    steps: list[Any] = []
     last_generate: GenerateStep | None = None
     prompt_ready = False
     for i, step in enumerate(spec.steps):
@@ -138,8 +140,11 @@ def _template(spec: PipelineSpec, tpl: TemplateSpec, known: set[str],
         source = getattr(tpl, key)
         if source is None:
             continue
+        def error(message: str, key: str = key) -> ConfigurationError:
+            return spec.error(message, *where, key)
+
         compiled[key] = PromptTemplate(source, name=".".join(map(str, (*where, key))),
-                                       error=lambda m, k=key: spec.error(m, *where, k))
+                                       error=error)
         for name in sorted(compiled[key].variables - known):
             hint = next(iter(difflib.get_close_matches(name, sorted(known), 1)), None)
             declared = ", ".join(sorted(known)) or "none"

@@ -7,7 +7,8 @@
     choice                     map the answer onto one of a list (or mapping) of options
     callable                   module.function(value, **args), from allowed modules only
 
-    processor = build_processor(spec, allowed_modules=["myproject.post"], name="steps.2.postprocess.0")
+    processor = build_processor(spec, allowed_modules=["myproject.post"],
+                                name="steps.2.postprocess.0")
     processor("  Paris ")
 """
 
@@ -171,10 +172,13 @@ class Call(_Base):
 
 def build_processor(spec: ProcessorSpec, *, name: str,
                     allowed_modules: Sequence[str] = ()) -> Processor:
-    simple = {"strip": Strip, "lower": Lower, "upper": Upper, "json": JsonParse}
+    simple: dict[str, Callable[[str], Processor]] = {
+        "strip": Strip, "lower": Lower, "upper": Upper, "json": JsonParse}
     kind = spec.kind
     if kind in simple:
         return simple[kind](name)
     if kind == "callable":
         return Call(name, spec.options, allowed_modules)
-    return {"regex": Regex, "json_schema": JsonSchema, "choice": Choice}[kind](name, spec.options)
+    configured: dict[str, Callable[[str, Any], Processor]] = {
+        "regex": Regex, "json_schema": JsonSchema, "choice": Choice}
+    return configured[kind](name, spec.options)

@@ -167,7 +167,8 @@ class ProcessorSpec(_Spec):
 
     @property
     def options(self) -> Any:
-        return next(getattr(self, n) for n in type(self).model_fields if getattr(self, n) is not None)
+        return next(getattr(self, n) for n in type(self).model_fields
+                    if getattr(self, n) is not None)
 
 
 class StepSpec(_Spec):
@@ -182,7 +183,8 @@ class StepSpec(_Spec):
 
     @property
     def kind(self) -> str:
-        return next(n for n in ("template", "generate", "postprocess") if getattr(self, n) is not None)
+        return next(n for n in ("template", "generate", "postprocess")
+                    if getattr(self, n) is not None)
 
 
 class PipelineSpec(_Spec):

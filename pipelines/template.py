@@ -1,9 +1,12 @@
 """Prompt templates: Jinja2 in an immutable sandbox, compiled once, undefined names are errors.
 
-    t = PromptTemplate("What is the capital of {{ country }}?", where=spec_error_factory)
-    t.variables            # {"country"}: checked against the declared fields before any call
-    t.render({"country": "France"})
+    >>> t = PromptTemplate("What is the capital of {{ country }}?", name="steps.0.template.user")
+    >>> t.variables        # checked against the declared fields before any call
+    frozenset({'country'})
+    >>> t.render({"country": "France"})
+    'What is the capital of France?'
 
+A pipeline passes ``error=``, so that a syntax error names its file and line.
 A template cannot reach Python internals (``{{ x.__class__ }}`` is a ``TemplateError``)
 nor change the values it is given. A template without variables is rendered once, when
 compiled, so its errors are ``ConfigurationError``s there.

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from inferline.errors import InferlineError
 from inferline.server.auth import ApiKeys, auth_middleware
@@ -26,10 +27,14 @@ from inferline.server.limits import limits_middleware
 from inferline.server.routes import add_routes
 from inferline.settings.model import InferlineSettings, LogSettings, ServerSettings
 
+if TYPE_CHECKING:
+    from inferline.engines.base import Generator
+
 log = structlog.get_logger(__name__)
 
 
-def create_app(chains: Catalog, engines: Catalog, pipelines: Catalog | None,
+def create_app(chains: Catalog[Generator], engines: Catalog[Generator],
+               pipelines: Catalog[Any] | None,
                settings: ServerSettings, *, log_settings: LogSettings | None = None,
                keys: ApiKeys | None = None) -> web.Application:
     """The gateway over these catalogs. Keys default to those the settings name."""
@@ -44,7 +49,7 @@ def create_app(chains: Catalog, engines: Catalog, pipelines: Catalog | None,
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One ``http_request`` log event and metric per request; errors as JSON."""
     started = time.monotonic()
     request[REQUEST_ID] = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -55,7 +60,7 @@ async def access_middleware(request: web.Request, handler: Any) -> web.StreamRes
     return response
 
 
-async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:

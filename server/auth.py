@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from pydantic import SecretBytes
 
 from inferline.errors import ConfigurationError
@@ -53,9 +54,9 @@ class ApiKeys:
         return scheme.lower() == "bearer" and any(matches)
 
 
-def auth_middleware(keys: ApiKeys) -> web.middleware:
+def auth_middleware(keys: ApiKeys) -> Middleware:
     @web.middleware
-    async def authenticate(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if keys and request.path not in OPEN_PATHS and not keys.accepts(
                 request.headers.get("Authorization")):
             raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -24,16 +24,19 @@ if TYPE_CHECKING:
     from inferline.settings.model import InferlineSettings
 
 
-class Catalog(Protocol):
-    def get(self, name: str) -> Any: ...
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Catalog(Protocol[T_co]):
+    def get(self, name: str) -> T_co: ...
     def names(self) -> list[str]: ...
 
 
 @dataclass
 class Gateway:
-    chains: Catalog
-    engines: Catalog
-    pipelines: Catalog | None
+    chains: Catalog[Generator]
+    engines: Catalog[Generator]
+    pipelines: Catalog[Any] | None
     settings: InferlineSettings
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: InFlight = field(init=False)

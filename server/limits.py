@@ -1,6 +1,6 @@
 """Request limits: body size, a per-request deadline, and bounded concurrency.
 
-    app.middlewares.append(limits_middleware(settings.server, metrics))
+    app.middlewares.append(limits_middleware(settings.server, gateway.in_flight))
 
 Inference routes (``/v1/chat/...``, ``/v1/pipelines/...``) count against
 ``max_concurrency``; one more is answered at once with 429 and ``Retry-After``
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from inferline.server.context import DEADLINE
 from inferline.server.errors import ApiError
@@ -38,9 +39,9 @@ class InFlight:
         self.count -= 1
 
 
-def limits_middleware(settings: ServerSettings, in_flight: InFlight) -> web.middleware:
+def limits_middleware(settings: ServerSettings, in_flight: InFlight) -> Middleware:
     @web.middleware
-    async def limit(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[DEADLINE] = asyncio.get_running_loop().time() + settings.request_timeout_s
         size = request.content_length
         if size is not None and size > settings.max_body_bytes:

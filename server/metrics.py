@@ -1,9 +1,13 @@
 """Prometheus metrics of one gateway, in its own registry (so two apps never share counts).
 
-    metrics = Metrics()
-    metrics.observe_request("/v1/chat/completions", "POST", 200, 0.12)
-    metrics.observe_attempts("default", attempts, usage)
-    metrics.exposition()   # text format for GET /metrics
+    >>> metrics = Metrics()
+    >>> metrics.observe_request("/v1/chat/completions", "POST", 200, 0.12)
+    >>> metrics.observe_attempts("default", [{"engine": "vllm", "error": "EngineUnavailableError"},
+    ...                                      {"engine": "openai", "error": None}])
+    >>> metrics.observe_usage("openai", {"prompt_tokens": 12, "completion_tokens": 3})
+    >>> text = metrics.exposition().decode()   # text format for GET /metrics
+    >>> 'inferline_fallbacks_total{failed_engine="vllm",model="default"} 1.0' in text
+    True
 """
 
 from __future__ import annotations

@@ -71,9 +71,8 @@ class ChatMessage(_Strict):
 
     def message(self) -> Message:
         content = self.content or ""
-        if isinstance(content, list):
-            content = [part.item() for part in content]
-        return Message(role=_ROLES[self.role], content=content)
+        items = [part.item() for part in content] if isinstance(content, list) else content
+        return Message(role=_ROLES[self.role], content=items)
 
 
 class ResponseFormat(_Strict):

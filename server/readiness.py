@@ -20,18 +20,24 @@ PREFLIGHT_TIMEOUT_S = 5.0
 SERVING_STATES = frozenset({"loaded", "available"})
 
 
-async def readiness(engines: Any, breakers: dict[str, Any] | None = None) -> dict[str, Any]:
+async def readiness(engines: Any, breakers: dict[str, Any] | None = None,
+                    retired: dict[str, str] | None = None) -> dict[str, Any]:
     """The state of every engine, and whether any of them can serve.
 
-    ``breakers`` maps engine names to the fallback chains' circuit breakers.
+    ``breakers`` maps engine names to the fallback chains' circuit breakers; ``retired``
+    names the engines a chain took out of service (a failed preflight or load), with why.
     """
-    breakers = breakers or {}
-    states = {}
+    breakers, retired = breakers or {}, retired or {}
+    states: dict[str, dict[str, Any]] = {}
     for name in engines.names():
         breaker = breakers.get(name)
-        states[name] = ({"state": "circuit_open", "reason": f"{breaker.failures} straight failures"}
-                        if breaker is not None and breaker.state == "open"
-                        else await engine_state(engines, name))
+        if name in retired:
+            states[name] = {"state": "unavailable", "reason": retired[name]}
+        elif breaker is not None and breaker.state == "open":
+            states[name] = {"state": "circuit_open",
+                            "reason": f"{breaker.failures} straight failures"}
+        else:
+            states[name] = await engine_state(engines, name)
     ready = any(s["state"] in SERVING_STATES for s in states.values())
     return {"ready": ready, "engines": states}
 

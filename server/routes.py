@@ -71,7 +71,9 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """``GET /ready``: each engine's state; 503 when no engine can serve."""
     gw = request.app[GATEWAY]
-    body = await readiness(gw.engines, getattr(gw.chains, "breakers", None))
+    chains = gw.chains
+    body = await readiness(gw.engines, getattr(chains, "breakers", None),
+                           chains.retired() if hasattr(chains, "retired") else None)
     return web.json_response(body, status=200 if body["ready"] else 503)
 
 

@@ -66,8 +66,9 @@ class _Composer(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} "
-                                                  "levels", self.peek_event().start_mark)
+                                                  "levels", mark)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -90,6 +91,7 @@ def _walk(node: yaml.Node, file: str, path: tuple[str, ...], lines: Lines,
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(v, file, (*path, str(i)), lines, count) for i, v in enumerate(node.value)]
+    assert isinstance(node, yaml.ScalarNode)  # the only other kind of node
     try:
         if "${" in node.value:
             text = _interpolate(node.value, file, line, ".".join(path))
@@ -104,7 +106,7 @@ def _key(node: yaml.Node, file: str) -> str:
     if not isinstance(node, yaml.ScalarNode):
         raise ConfigurationError("a key must be a plain name, not a list or mapping", file=file,
                                  line=node.start_mark.line + 1)
-    return node.value
+    return str(node.value)
 
 
 def _text(path: str | Path) -> str:
@@ -142,7 +144,8 @@ def read_yaml(path: str | Path, lines: Lines) -> dict[str, Any]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise ConfigurationError("top level must be a mapping", file=file, line=1)
-    return _walk(node, file, (), lines, itertools.count(1))
+    data: dict[str, Any] = _walk(node, file, (), lines, itertools.count(1))
+    return data
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +174,12 @@ def _resolved(files: dict[str, Any], overrides: dict[str, Any], dotenv: Path | N
                                           env_file=dotenv, extra="forbid")
 
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
-                                       dotenv_settings, file_secret_settings):  # type: ignore[override]
+        def settings_customise_sources(
+                cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (_Dict(settings_cls, overrides), env_settings, dotenv_settings,
                     _Dict(settings_cls, files))
     return Resolved()

@@ -52,7 +52,8 @@ def test_remote_and_cloud_examples() -> None:
                                    "projects/{project_id}/locations/{region}/endpoints/openapi/"
                                    "chat/completions"))
     clouds = [RemoteInferenceEngine(model_params=ModelParams(model_name=model),
-                                    remote_params=RemoteParams(api_url=url, api_key_env_varname=key))
+                                    remote_params=RemoteParams(api_url=url,
+                                                               api_key_env_varname=key))
               for model, url, key in [
                   ("gemini-1.5-flash",
                    "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",

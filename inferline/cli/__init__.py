@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from inferline import __version__
 from inferline.errors import ConfigurationError, InferlineError, TemplateError
@@ -26,12 +27,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line, exit 2
+    def error(self, message: str) -> NoReturn:  # one clear line, exit 2
         self.exit(2, f"inferline: error: {message}\n")
 
 
 def _parser(command: str | None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="inferline", description="One interface over local and cloud LLM engines.")
+    parser = _Parser(prog="inferline",
+                     description="One interface over local and cloud LLM engines.")
     parser.add_argument("--version", action="version", version=f"inferline {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     module = importlib.import_module(f"inferline.cli.{COMMANDS[args.command][0]}")
     try:
-        return module.run(args)
+        code: int = module.run(args)
+        return code
     except (ConfigurationError, TemplateError) as exc:
         print(f"inferline: error: {exc}", file=sys.stderr)
         return 2

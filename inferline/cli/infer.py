@@ -25,6 +25,7 @@ from inferline.errors import ConfigurationError
 from inferline.settings.loader import Lines, deep_merge, read_yaml, validation_error
 
 if TYPE_CHECKING:
+    from inferline.containers import Container
     from inferline.engines.base import Generator
 
 
@@ -47,6 +48,7 @@ def dotted_overrides(extra: list[str]) -> dict[str, Any]:
     """``['--a.b', '1', '--c=x']`` -> ``{'a': {'b': 1}, 'c': 'x'}`` (values parsed as YAML)."""
     out: dict[str, Any] = {}
     items = iter(extra)
+    value: str | None
     for flag in items:
         if not flag.startswith("--"):
             raise ConfigurationError(f"unexpected argument {flag!r}")
@@ -78,7 +80,7 @@ def build_config(args: argparse.Namespace) -> InferenceConfig:
         raise validation_error(exc, lines, InferenceConfig, file=args.config) from None
 
 
-def build(args: argparse.Namespace, config: InferenceConfig, container: Any) -> Generator:
+def build(args: argparse.Namespace, config: InferenceConfig, container: Container) -> Generator:
     """The chain or engine to run: named in settings, or built from the config."""
     if args.chain:
         return container.chains().get(args.chain)
@@ -133,7 +135,8 @@ async def _chat(engine: Generator, config: InferenceConfig, system: str | None) 
     print("inferline chat: empty line or Ctrl-D to quit", file=sys.stderr)
     while True:
         try:
-            text = input("> ").strip()
+            # Nothing else runs while the REPL waits; input() in a thread would hang on Ctrl-C.
+            text = input("> ").strip()  # noqa: ASYNC250
         except EOFError:
             break
         if not text:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from inferline.engines import models as m
 from inferline.engines.hardware import GIB, estimate_memory
@@ -53,7 +54,7 @@ def _describe(name: str) -> dict[str, object]:
     }
 
 
-def _table(rows: list[dict]) -> str:
+def _table(rows: list[dict[str, Any]]) -> str:
     lines = []
     for row in rows:
         lines.append(f"{row['name']}  ({', '.join(row['aliases'])})  package {row['package']}, "

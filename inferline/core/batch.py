@@ -37,7 +37,7 @@ class ResumableJsonlWriter:
     def __enter__(self) -> ResumableJsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        self._fh = open(self.path, "a", encoding="utf-8")  # closed in __exit__
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -60,10 +60,13 @@ class ResumableJsonlWriter:
                                              file=str(self.path), line=lineno) from exc
 
     def write(self, key: Any, line: str) -> None:
-        """Append one JSON line (without newline) for ``key`` and flush it to the OS."""
+        """Append one JSON line (without newline) for ``key`` and flush it to the OS.
+
+        ``done`` keeps only the keys found on open: a run moves forward through its
+        rows, so a million rows written cost no memory here.
+        """
         self._fh.write(line + "\n")
         self._fh.flush()
-        self.done.add(key)
 
     def fsync(self) -> None:
         os.fsync(self._fh.fileno())

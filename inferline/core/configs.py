@@ -102,7 +102,8 @@ class GenerationParams(_Params):
     logit_bias: dict[str, float] = {}
     guided_decoding: GuidedDecodingParams | None = None
     skip_special_tokens: bool = True
-    batch_size: int | None = Field(default=None, gt=0)  # local engines: conversations per forward batch
+    # local engines: conversations per forward batch
+    batch_size: int | None = Field(default=None, gt=0)
 
     def non_default(self) -> dict[str, Any]:
         """The fields set to something other than their default."""

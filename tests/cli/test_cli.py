@@ -107,7 +107,8 @@ def test_seed_cli_line_with_unreachable_hub_fails_clearly() -> None:
     out = cli("infer", "--engine", "VLLM", "--model.model_name",
               "meta-llama/Llama-3.2-1B-Instruct", stdin="hi\n")
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "EngineUnavailableError" in out.stderr and "meta-llama/Llama-3.2-1B-Instruct" in out.stderr
+    assert "EngineUnavailableError" in out.stderr
+    assert "meta-llama/Llama-3.2-1B-Instruct" in out.stderr
 
 
 @pytest.mark.slow

@@ -47,7 +47,8 @@ async def test_request_shape_headers_and_mapping(fault_server: FaultServer,
     scenario = Scenario()
     conv = Conversation(messages=[
         Message(role=Role.SYSTEM, content="Be brief."), Message(role=Role.USER, content="hi"),
-        Message(role=Role.ASSISTANT, content="hello"), Message(role=Role.SYSTEM, content="No emoji."),
+        Message(role=Role.ASSISTANT, content="hello"),
+        Message(role=Role.SYSTEM, content="No emoji."),
         Message(role=Role.USER, content="one two three")])
     engine = AnthropicInferenceEngine(ModelParams(model_name="claude-test"),
                                       generation_params=GenerationParams(max_new_tokens=2, top_k=4),

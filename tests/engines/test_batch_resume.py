@@ -57,9 +57,11 @@ def _kill_when(proc: subprocess.Popen[bytes], out: Path, lines: int, timeout: fl
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_every_row_exactly_once(fault_server: FaultServer, tmp_path: Path) -> None:
+def test_killed_run_resumes_every_row_exactly_once(fault_server: FaultServer,
+                                                   tmp_path: Path) -> None:
     scenario = Scenario(delay_s=0.05)
-    url, inp, out = fault_server.url(scenario), _inputs(tmp_path, [f"row {i}" for i in range(ROWS)]), tmp_path / "out.jsonl"
+    url, out = fault_server.url(scenario), tmp_path / "out.jsonl"
+    inp = _inputs(tmp_path, [f"row {i}" for i in range(ROWS)])
     _kill_when(_child(url, inp, out), out, lines=30)
     done_before = {json.loads(line)["_row"]
                    for line in out.read_text().splitlines()}

@@ -94,7 +94,7 @@ def test_hub_that_never_answers_is_bounded(silent_hub: str, online: pytest.Monke
 
 
 class _NotFound(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(404)
         self.send_header("X-Error-Code", "RepoNotFound")
         self.send_header("Content-Length", "2")

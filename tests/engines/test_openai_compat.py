@@ -48,7 +48,8 @@ def test_paris_from_vllm_server(vllm_server: VLLMServer, cls: type[RemoteInferen
         [out] = engine.infer([PARIS])
     assert "Paris" in out.last_message().text
     assert out.metadata["finish_reason"] == "stop"
-    assert out.metadata["usage"]["prompt_tokens"] > 0 and out.metadata["usage"]["completion_tokens"] > 0
+    usage = out.metadata["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
 
 
 @pytest.mark.slow
@@ -97,7 +98,8 @@ async def test_vllm_guided_json(vllm_server: VLLMServer) -> None:
     ("https://g.example/v1beta/openai", "https://g.example/v1beta/openai/chat/completions"),
 ])
 def test_api_url_forms(given: str, used: str) -> None:
-    engine = RemoteInferenceEngine(ModelParams(model_name="m"), remote_params=RemoteParams(api_url=given))
+    engine = RemoteInferenceEngine(ModelParams(model_name="m"),
+                                   remote_params=RemoteParams(api_url=given))
     assert engine.api_url == used
 
 
@@ -107,7 +109,8 @@ def test_api_url_forms(given: str, used: str) -> None:
      "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions", "GEMINI_API_KEY"),
     (ParasailInferenceEngine, "https://api.parasail.io/v1/chat/completions", "PARASAIL_API_KEY"),
 ])
-def test_cloud_defaults_and_missing_key(cls: type[RemoteInferenceEngine], url: str, var: str) -> None:
+def test_cloud_defaults_and_missing_key(cls: type[RemoteInferenceEngine], url: str,
+                                        var: str) -> None:
     engine = cls(ModelParams(model_name="m"))
     assert engine.api_url == url and engine.remote_params.api_key_env_varname == var
     with pytest.raises(EngineUnavailableError, match=var):
@@ -121,7 +124,8 @@ def test_remote_engine_without_url_is_a_configuration_error() -> None:
 
 def test_unsupported_params_are_refused() -> None:
     with pytest.raises(UnsupportedParameterError, match="top_k"):
-        RemoteInferenceEngine(ModelParams(model_name="m"), generation_params=GenerationParams(top_k=3),
+        RemoteInferenceEngine(ModelParams(model_name="m"),
+                              generation_params=GenerationParams(top_k=3),
                               remote_params=RemoteParams(api_url="http://h"))
     engine = RemoteInferenceEngine(ModelParams(model_name="m"), remote_params=RemoteParams(api_url="http://h"))
     regex = GenerationParams(guided_decoding=GuidedDecodingParams(regex="[0-9]+"))
@@ -141,7 +145,8 @@ async def test_request_body_sampling_images_and_key(fault_server: FaultServer, t
         ContentItem(type=ContentType.IMAGE_URL, content="https://x/y.jpg")])])
     engine = OpenAIInferenceEngine(
         ModelParams(model_name="gpt-x"),
-        generation_params=GenerationParams(max_new_tokens=7, top_p=0.5, stop_strings=["\n"], seed=3),
+        generation_params=GenerationParams(max_new_tokens=7, top_p=0.5, stop_strings=["\n"],
+                                           seed=3),
         remote_params=RemoteParams(api_url=fault_server.url(scenario) + "/v1"))
     async with engine:
         [out] = await engine.ainfer([conv])

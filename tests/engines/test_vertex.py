@@ -44,7 +44,8 @@ def key_file(tmp_path: Path, rsa_key: rsa.RSAPrivateKey, fault_server: FaultServ
     return path
 
 
-def make(fault_server: FaultServer, scenario: Scenario, **kwargs: str) -> GoogleVertexInferenceEngine:
+def make(fault_server: FaultServer, scenario: Scenario,
+         **kwargs: str) -> GoogleVertexInferenceEngine:
     url = fault_server.url(scenario) + PATH
     return GoogleVertexInferenceEngine(ModelParams(model_name="google/gemini-test"),
                                        remote_params=RemoteParams(api_url=url), **kwargs)
@@ -73,7 +74,8 @@ async def test_token_is_refreshed_before_expiry(key_file: Path, fault_server: Fa
         await engine.ainfer([Conversation.from_prompt("a")])
         await engine.ainfer([Conversation.from_prompt("b")])  # token still has ~2 s
         await asyncio.sleep(1.2)
-        await asyncio.gather(*(engine.ainfer([Conversation.from_prompt(f"c{i}")]) for i in range(5)))
+        await asyncio.gather(*(engine.ainfer([Conversation.from_prompt(f"c{i}")])
+                               for i in range(5)))
     auth = [r["headers"]["Authorization"] for r in scenario.requests]
     assert auth[:2] == ["Bearer tok-1", "Bearer tok-1"]
     assert set(auth[2:]) == {"Bearer tok-2"}  # one shared refresh for five requests
@@ -101,7 +103,8 @@ def test_default_url_is_the_seed_template() -> None:
                               "{project_id}/locations/{region}/endpoints/openapi/chat/completions")
 
 
-async def test_rejected_credentials_are_unavailable(key_file: Path, fault_server: FaultServer) -> None:
+async def test_rejected_credentials_are_unavailable(key_file: Path,
+                                                    fault_server: FaultServer) -> None:
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     fault_server.token.public_pem = other.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -66,9 +66,10 @@ async def test_the_three_local_engines_agree(engine: VLLMInferenceEngine, smollm
     finally:
         for other in others:
             await other.aclose()
-    right = {name: sum(a == b for a, b in zip(got, CAPITALS.values())) for name, got in found.items()}
+    right = {name: sum(a == b for a, b in zip(got, CAPITALS.values(), strict=True))
+             for name, got in found.items()}
     names = list(found)
-    agree = {f"{a}/{b}": sum(x == y for x, y in zip(found[a], found[b]))
+    agree = {f"{a}/{b}": sum(x == y for x, y in zip(found[a], found[b], strict=True))
              for i, a in enumerate(names) for b in names[i + 1:]}
     print(f"right of 8: {right}; pairs agreeing of 8: {agree}")
     assert min(right.values()) >= 7, found

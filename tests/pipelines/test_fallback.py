@@ -46,8 +46,9 @@ def _closed_port() -> int:
 
 @pytest.mark.slow
 def test_dead_server_then_real_llamacpp_serves_every_row(smollm_gguf: object) -> None:
-    dead = RemoteInferenceEngine(ModelParams(model_name="m"), name="dead", remote_params=RemoteParams(
-        api_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0, connect_timeout=1))
+    dead = RemoteInferenceEngine(
+        ModelParams(model_name="m"), name="dead", remote_params=RemoteParams(
+            api_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0, connect_timeout=1))
     real = LlamaCppInferenceEngine(ModelParams(model_name="smollm2-135m"), name="llama",
                                    generation_params=GenerationParams(max_new_tokens=16))
     chain = FallbackChain("c", [dead, real])
@@ -75,7 +76,8 @@ def test_unavailable_engine_is_skipped_with_reason() -> None:
 
 
 def test_flaky_first_engine_loses_nothing_and_keeps_order() -> None:
-    flaky = FakeEngine("flaky", fail={i: RetryableEngineError("busy", status=503) for i in (2, 3, 5)})
+    flaky = FakeEngine("flaky",
+                       fail={i: RetryableEngineError("busy", status=503) for i in (2, 3, 5)})
     backup = FakeEngine("backup")
     chain = FallbackChain("c", [flaky, backup], ChainSettings(
         engines=["flaky", "backup"], circuit_breaker={"failure_threshold": 100}))
@@ -100,8 +102,9 @@ def test_fatal_error_does_not_fall_back_unless_asked() -> None:
 
 
 def test_all_failed_lists_every_attempt() -> None:
-    chain = FallbackChain("c", [FakeEngine("a", unavailable="no key"),
-                                FakeEngine("b", fail={1: RetryableEngineError("down", status=502)})])
+    chain = FallbackChain("c", [
+        FakeEngine("a", unavailable="no key"),
+        FakeEngine("b", fail={1: RetryableEngineError("down", status=502)})])
     with pytest.raises(AllEnginesFailedError) as err:
         chain.infer(_convs(1))
     assert [(a.engine, a.error) for a in err.value.attempts] == [

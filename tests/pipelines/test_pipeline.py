@@ -87,7 +87,8 @@ def test_bad_rows_fail_alone_and_never_reach_the_engine() -> None:
     pipeline = Pipeline(spec, catalog(e=engine))
     out = pipeline.run_batch([{"country": "France"}, {"nation": "Peru"}, ["not", "a", "row"]])
     assert isinstance(out[0].error, TemplateError)
-    assert isinstance(out[1].error, InputError) and "missing input field(s) 'country'" in str(out[1].error)
+    assert isinstance(out[1].error, InputError)
+    assert "missing input field(s) 'country'" in str(out[1].error)
     assert isinstance(out[2].error, InputError) and "expected a JSON object" in str(out[2].error)
     assert engine.seen == []
     with pytest.raises(InputError):
@@ -106,7 +107,8 @@ def settings_file(tmp_path: Path, engines: dict[str, str], chain: list[str],
 def remote(url: str, **extra: Any) -> str:
     params = ", ".join(f"{k}: {v}" for k, v in {"max_retries": 0, "num_workers": 8,
                                                  **extra}.items())
-    return f"{{type: REMOTE, model: {{model_name: m}}, remote_params: {{api_url: '{url}', {params}}}}}"
+    return (f"{{type: REMOTE, model: {{model_name: m}}, "
+            f"remote_params: {{api_url: '{url}', {params}}}}}")
 
 
 QUIZ = """\
@@ -158,7 +160,8 @@ def test_refused_first_engine_then_real_llamacpp_serves_every_row(
         attempts = o.output["_meta"]["attempts"]  # type: ignore[index]
         assert [(a["engine"], a["error"]) for a in attempts] == [
             ("dead", "RetryableEngineError"), ("llama", None)]
-        assert "refused" in attempts[0]["message"].lower() or "connect" in attempts[0]["message"].lower()
+        message = attempts[0]["message"].lower()
+        assert "refused" in message or "connect" in message
     assert any(e["event"] == "engine_fallback" and e["failed"] == "dead" for e in logs)
 
 

@@ -85,8 +85,10 @@ def test_malformed_input_lines_fail_alone_with_their_line(tmp_path: Path,
     assert [(r["_row"], r["answer"]) for r in map(json.loads, result.stdout.splitlines())] == [
         (0, "echo: a"), (4, "echo: b")]
     assert f"row 1 (line 3): InputError: {data}:3: not valid JSON" in result.stderr
-    assert f"row 2 (line 4): InputError: {data}:4: expected a JSON object, got list" in result.stderr
-    assert "row 3 (line 5): InputError: missing input field(s) 'country' (pipeline 'echo')" in result.stderr
+    assert (f"row 2 (line 4): InputError: {data}:4: expected a JSON object, got list"
+            in result.stderr)
+    assert ("row 3 (line 5): InputError: missing input field(s) 'country' (pipeline 'echo')"
+            in result.stderr)
 
 
 def test_killed_run_resumes_with_every_row_exactly_once(tmp_path: Path,
@@ -128,7 +130,8 @@ def test_default_chain_here_says_why_it_skips_and_serves_from_llamacpp(tmp_path:
                        "--output", str(out), cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stderr
     assert "engine=local_vllm reason='local_vllm: no GPU" in result.stderr
-    assert "engine=openai reason='openai: API key variable OPENAI_API_KEY is not set'" in result.stderr
+    assert ("engine=openai reason='openai: API key variable OPENAI_API_KEY is not set'"
+            in result.stderr)
     rows = read_rows(out)
     assert {r["country"]: r["answer"] for r in rows}["France"] == "Paris"
     assert {r["_meta"]["served_by"] for r in rows} == {"local_llamacpp"}

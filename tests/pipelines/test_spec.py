@@ -70,7 +70,8 @@ def test_good_pipeline_validates_and_shows_the_chain(tmp_path: Path,
      "p.yaml:7: steps.1.generate.generation.max_new_token: Extra inputs are not permitted "
      "(did you mean 'max_new_tokens'?)"),
     (GOOD.replace("[strip,", "[stirp,"),
-     "p.yaml:8: steps.2.postprocess.0.stirp: Extra inputs are not permitted (did you mean 'strip'?)"),
+     "p.yaml:8: steps.2.postprocess.0.stirp: Extra inputs are not permitted "
+     "(did you mean 'strip'?)"),
     (GOOD.replace('"([A-Z][a-z]+)"', '"([A-Z"'),
      "p.yaml:8: steps.2.postprocess.1.regex: Value error, invalid regular expression"),
     (GOOD.replace("group: 1", "group: 2"),
@@ -99,7 +100,8 @@ def test_malformed_pipeline_is_one_precise_line(tmp_path: Path, capsys: pytest.C
      "settings.yaml:6: chains.a: chain 'a' is cyclic: a -> b -> a"),
     ("  main: []\n", "settings.yaml:5: chains.main.engines: List should have at least 1 item"),
     ("  main: [fast, slwo]\n",
-     "settings.yaml:5: chains.main.1: chain 'main' names unknown engine 'slwo' (did you mean 'slow'?)"),
+     "settings.yaml:5: chains.main.1: chain 'main' names unknown engine 'slwo' "
+     "(did you mean 'slow'?)"),
 ])
 def test_bad_chain_in_settings_is_located(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           chains: str, message: str) -> None:
@@ -109,7 +111,8 @@ def test_bad_chain_in_settings_is_located(tmp_path: Path, capsys: pytest.Capture
     assert err.startswith(f"inferline: error: {message}"), err
 
 
-def test_chain_of_chains_expands_in_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chain_of_chains_expands_in_order(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     settings = SETTINGS.replace("  main: [fast, slow]\n",
                                 "  local: [slow]\n  main: [local, fast, slow]\n")
     code, _, err = validate(tmp_path, capsys, GOOD, settings)

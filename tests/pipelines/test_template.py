@@ -22,12 +22,14 @@ ESCAPES = [
 def test_escape_attempts_fail_with_a_template_error(source: str) -> None:
     template = PromptTemplate(source, name="steps.0.template.user")
     row = {"country": "France", "tags": ["a"], "meta": {}}
-    with pytest.raises(TemplateError, match="steps.0.template.user: .*(unsafe|not safely|no attribute)"):
+    with pytest.raises(TemplateError,
+                       match="steps.0.template.user: .*(unsafe|not safely|no attribute)"):
         template.render(row)
     assert row == {"country": "France", "tags": ["a"], "meta": {}}
 
 
-@pytest.mark.parametrize("source", ["{{ ''.__class__.__mro__ }}", "{{ cycler.__init__.__globals__ }}",
+@pytest.mark.parametrize("source", ["{{ ''.__class__.__mro__ }}",
+                                    "{{ cycler.__init__.__globals__ }}",
                                     "{{ lipsum.__globals__['os'] }}", "{{ (1).__class__ }}"])
 def test_escape_in_a_template_without_variables_fails_when_compiled(source: str) -> None:
     with pytest.raises(ConfigurationError, match="unsafe"):

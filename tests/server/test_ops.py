@@ -87,3 +87,34 @@ async def test_access_logs_carry_prompts_only_when_enabled(gateway, fault_server
     [access] = [e for e in logs if e["event"] == "http_request"]
     assert access["status"] == 200 and access["served_by"] == "echo"
     assert (SECRET_PROMPT in repr(logs)) is log_prompts
+
+
+async def test_ready_shows_load_failures_and_not_request_errors(gateway, fault_server) -> None:
+    """A bad parameter fails that request on that engine; a failed load retires the engine,
+    and /ready says so with the reason."""
+    from inferline.engines.testing import FakeEngine
+    from inferline.errors import EngineUnavailableError
+
+    class BrokenLoad(FakeEngine):
+        def _load(self) -> None:
+            raise EngineUnavailableError("weights are corrupt", engine=self.name)
+
+    picky = FakeEngine("picky", supported=frozenset({"max_new_tokens"}))
+    gw = await gateway({"picky": picky, "broken": BrokenLoad("broken"),
+                        "echo": remote(fault_server.url(Scenario()))},
+                       chains={"c": ["picky", "broken", "echo"]})
+    client = gw.client()
+    reply = await client.chat.completions.create(
+        model="c", messages=[{"role": "user", "content": "hi"}], top_p=0.5)
+    served = reply.model_extra["inferline"]
+    assert served["served_by"] == "echo"
+    assert [(a["engine"], a["error"]) for a in served["attempts"]] == [
+        ("picky", "UnsupportedParameterError"), ("broken", "EngineUnavailableError"),
+        ("echo", None)]
+    status, body = await get(f"{gw.url}/ready")
+    assert body["engines"]["picky"]["state"] == "loaded"  # still in service
+    assert body["engines"]["broken"] == {"state": "unavailable",
+                                         "reason": "broken: weights are corrupt"}
+    plain = await client.chat.completions.create(
+        model="c", messages=[{"role": "user", "content": "hi"}])
+    assert plain.model_extra["inferline"]["served_by"] == "picky"

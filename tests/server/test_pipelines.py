@@ -102,5 +102,6 @@ def test_broken_pipeline_stops_the_server_at_start(tmp_path: Path) -> None:
     result = subprocess.run([INFERLINE, "serve", "--settings", str(settings), "--port", "0"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert f"{tmp_path}/p/bad.yaml:4: steps.0.template.user: template uses 'contry'" in result.stderr
+    assert (f"{tmp_path}/p/bad.yaml:4: steps.0.template.user: template uses 'contry'"
+            in result.stderr)
     assert "Unclosed" not in result.stderr

@@ -74,7 +74,8 @@ async def test_sigterm_lets_in_flight_requests_finish(served) -> None:
         await asyncio.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     replies = await asyncio.wait_for(asyncio.gather(*tasks), 30)
-    assert sorted(r.choices[0].message.content for r in replies) == [f"echo: q{i}" for i in range(4)]
+    answers = sorted(r.choices[0].message.content for r in replies)
+    assert answers == [f"echo: q{i}" for i in range(4)]
     assert await asyncio.to_thread(proc.wait, 30) == 0
     with pytest.raises(aiohttp.ClientConnectionError):  # and it no longer listens
         async with aiohttp.ClientSession() as http, http.get(f"{url}/health"):

@@ -53,8 +53,8 @@ def test_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_key_names_file_line_and_hint(tmp_path: Path) -> None:
-    path = _write(tmp_path, "s.yaml",
-                  "engines:\n  x:\n    type: LLAMACPP\n    model: {model_name: m, modl_kwargs: {}}\n")
+    path = _write(tmp_path, "s.yaml", "engines:\n  x:\n    type: LLAMACPP\n"
+                  "    model: {model_name: m, modl_kwargs: {}}\n")
     with pytest.raises(ConfigurationError) as err:
         load_settings(path)
     assert str(err.value).startswith(f"{path}:4: engines.x.model.modl_kwargs:")
@@ -79,7 +79,7 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 def billion_laughs() -> str:
     """Nine levels of nine aliases: 9**9 values once expanded, from a few hundred bytes."""
     lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
-    for prev, name in zip("abcdefgh", "bcdefghi"):
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
         lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
     return "\n".join(lines) + "\n"
 
