@@ -78,7 +78,8 @@ def bench_llamacpp() -> list[dict[str, Any]]:
     from inferline.engines.llamacpp import LlamaCppInferenceEngine
 
     threads = len(os.sched_getaffinity(0))
-    settings = {"n_ctx": 2048, "n_batch": 512, "n_threads": threads, "n_threads_batch": threads}
+    settings = {"n_ctx": 2048, "n_batch": 512, "n_threads": threads, "n_threads_batch": threads,
+                "flash_attn": True}  # our default, given to the raw library too
     path = str(gguf_path())
     engine = LlamaCppInferenceEngine(ModelParams(model_name=path, model_kwargs=settings))
     engine.load()

@@ -170,12 +170,12 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     async def _exchange(self, conversation: Conversation, base: Body, state: LoopState, *,
                         stream: bool) -> AsyncIterator[Completion | StreamChunk]:
-        """One conversation's request, retrying transient failures: a ``Completion``, or
-        the stream's chunks.
+        """One conversation's request, the one send path: a ``Completion``, or the
+        stream's chunks (the last with finish_reason and usage).
 
-        Failures before anything was yielded are retried (after back-off); after that the
-        error is raised, since the caller already holds part of the answer. After each
-        success the worker rests ``politeness_policy`` seconds.
+        Transient failures before anything was yielded are retried (after back-off);
+        after that the error is raised, since the caller already holds part of the
+        answer. After each success the worker rests ``politeness_policy`` seconds.
         """
         data = orjson.dumps(self._body(conversation, base))
         estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
@@ -186,10 +186,24 @@ class BaseRemoteEngine(BaseInferenceEngine):
                 if estimate:
                     await state.limiter.acquire(estimate)
                 async with state.slots:
-                    async for item in self._send(data, state, stream):
-                        sent += 1
-                        used = _tokens(item) or used
-                        yield item
+                    if self.refreshes_auth:
+                        await self._refresh_auth()
+                    try:
+                        async with state.session.post(
+                                self.api_url, data=json_body(data), headers=self._headers(),
+                                timeout=self._timeout) as resp:
+                            if resp.status != 200:
+                                raise await self._status_error(resp)
+                            if not stream:
+                                done = self._parse(await resp.read())
+                                sent, used = 1, _tokens(done)
+                                yield done
+                            else:
+                                async for chunk in self._chunks(resp):
+                                    sent, used = sent + 1, _tokens(chunk) or used
+                                    yield chunk
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        raise self._transport_error(exc) from exc
                     if pause:
                         await asyncio.sleep(pause)
                 state.limiter.settle(estimate, used)
@@ -201,31 +215,16 @@ class BaseRemoteEngine(BaseInferenceEngine):
                 attempt += 1
                 await self._before_retry(exc, attempt)
 
-    async def _send(self, data: bytes, state: LoopState,
-                    stream: bool) -> AsyncIterator[Completion | StreamChunk]:
-        """POST ``data`` once: the parsed completion, or the stream's chunks then a last one
-        with finish_reason and usage. HTTP and transport failures become engine errors."""
-        if self.refreshes_auth:
-            await self._refresh_auth()
-        headers = self._headers()
-        try:
-            async with state.session.post(self.api_url, data=json_body(data), headers=headers,
-                                          timeout=self._timeout) as resp:
-                if resp.status != 200:
-                    raise await self._status_error(resp)
-                if not stream:
-                    yield self._parse(await resp.read())
-                    return
-                final = StreamChunk()
-                async for event, payload in iter_sse(resp.content):
-                    chunk = self._parse_event(event, payload)
-                    if chunk is None:
-                        break
-                    merge_final(final, chunk)
-                    if chunk.text:
-                        yield StreamChunk(chunk.text)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc) from exc
+    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[StreamChunk]:
+        """The text of an SSE reply as it arrives, then one chunk with finish_reason and usage."""
+        final = StreamChunk()
+        async for event, payload in iter_sse(resp.content):
+            chunk = self._parse_event(event, payload)
+            if chunk is None:
+                break
+            merge_final(final, chunk)
+            if chunk.text:
+                yield StreamChunk(chunk.text)
         if final.finish_reason is None:
             raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
         yield final

@@ -166,3 +166,12 @@ async def test_answers_on_a_cuda_gpu(smollm_hf: Path) -> None:
         await check.answers_capital_of_france(engine)
     finally:
         await engine.aclose()
+
+
+def test_a_vllm_server_not_ready_in_time_names_the_cause() -> None:
+    from tests.fixtures.vllm_server import not_ready_cause
+
+    cold = "INFO [backends.py:161] Compiling model again due to a larger compilation range\n"
+    assert "compiling the model with torch inductor" in not_ready_cause(cold)
+    stuck = "INFO:     Started server process [1]\nINFO:     Waiting for application startup.\n"
+    assert not_ready_cause(stuck) == "stuck after: INFO:     Waiting for application startup."
