@@ -247,6 +247,8 @@ def _blamed(err: ConfigurationError, exc: ValidationError, overrides: dict[str, 
     loc = tuple(str(p) for p in exc.errors()[0]["loc"])
     if _sets(overrides, loc):
         return ConfigurationError(err.message, key=err.key, hint=err.hint)
+    if not loc or loc[0] not in InferlineSettings.model_fields:
+        return err  # variables only ever set known sections (INFERLINE_DATA_DIR sets nothing)
     for name, (file, line) in _variables(dotenv).items():
         path = tuple(name.lower().removeprefix("inferline_").split("__"))
         if name.upper().startswith("INFERLINE_") and (loc[:len(path)] == path

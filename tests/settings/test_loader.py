@@ -144,8 +144,10 @@ def test_bad_override_names_its_key_not_a_file(tmp_path: Path) -> None:
     assert str(err.value) == "server.port: Input should be less than or equal to 65535"
 
 
-def test_data_dir_is_not_a_setting(tmp_path: Path) -> None:
-    # models live in $INFERLINE_DATA_DIR; a setting that nothing read is an error, not ignored
+def test_data_dir_is_not_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # models live in $INFERLINE_DATA_DIR; a setting that nothing read is an error, not ignored,
+    # and it is blamed on the file, also while that variable is set
+    monkeypatch.setenv("INFERLINE_DATA_DIR", str(tmp_path))
     with pytest.raises(ConfigurationError, match=r"s.yaml:1: data_dir: Extra inputs"):
         load_settings(_write(tmp_path, "s.yaml", "data_dir: /srv/models\n"))
 
