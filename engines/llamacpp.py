@@ -32,13 +32,13 @@ from inferline.engines.local import (
     chat_messages,
     check_model_fits,
     stream_from_thread,
+    token_bias,
 )
 from inferline.engines.models import resolve_model
 from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
     FatalEngineError,
-    UnsupportedRequestError,
 )
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
             presence_penalty=params.presence_penalty, stop=list(params.stop_strings or []),
             seed=params.seed)
         if params.logit_bias:
-            kwargs["logit_bias"] = _token_bias(params.logit_bias, self.name)
+            kwargs["logit_bias"] = token_bias(params.logit_bias, engine=self.name)
         return kwargs
 
     async def _agenerate(self, conversations: Sequence[Conversation],
@@ -231,12 +231,3 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
         result = self._formatter(messages=messages)  # type: ignore[misc, arg-type]
         return len(llm.tokenize(result.prompt.encode(), add_bos=not result.added_special,
                                 special=True))
-
-
-def _token_bias(bias: dict[str, float], engine: str) -> dict[int, float]:
-    """``logit_bias`` keyed by token id; other keys fail this request, not the engine."""
-    try:
-        return {int(token): value for token, value in bias.items()}
-    except ValueError:
-        raise UnsupportedRequestError("generation.logit_bias: this engine takes logit_bias "
-                                      "keyed by token id", engine=engine) from None

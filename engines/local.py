@@ -27,6 +27,7 @@ from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
     FatalEngineError,
+    UnsupportedRequestError,
 )
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -71,6 +72,15 @@ def parse_options(cls: type[OptionsT], kwargs: dict[str, Any], *, engine: str) -
         else:
             message = f"{err['msg']} (got {err.get('input')!r})"
         raise ConfigurationError(message, key=f"model.model_kwargs.{key}", hint=hint) from None
+
+
+def token_bias(bias: dict[str, float], *, engine: str) -> dict[int, float]:
+    """``logit_bias`` keyed by token id; other keys fail this request, not the engine."""
+    try:
+        return {int(token): value for token, value in bias.items()}
+    except ValueError:
+        raise UnsupportedRequestError("generation.logit_bias: this engine takes logit_bias "
+                                      "keyed by token id", engine=engine) from None
 
 
 def chat_messages(conversation: Conversation, *, engine: str) -> list[dict[str, str]]:

@@ -41,13 +41,13 @@ from inferline.engines.local import (
     Options,
     chat_messages,
     check_model_fits,
+    token_bias,
 )
 from inferline.engines.models import resolve_model
 from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
     FatalEngineError,
-    UnsupportedRequestError,
 )
 
 log = structlog.get_logger(__name__)
@@ -163,7 +163,7 @@ class VLLMInferenceEngine(LocalInferenceEngine):
             stop=params.stop_strings, stop_token_ids=params.stop_token_ids,
             skip_special_tokens=params.skip_special_tokens)
         if params.logit_bias:
-            kwargs["logit_bias"] = _token_bias(params.logit_bias, self.name)
+            kwargs["logit_bias"] = token_bias(params.logit_bias, engine=self.name)
         if (guided := params.guided_decoding) is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
@@ -217,12 +217,3 @@ def _load_error(exc: Exception, engine: str) -> Exception:
         return EngineUnavailableError(f"does not fit: {text}", engine=engine)
     return ConfigurationError(f"vllm refused the model settings: {text}",
                               key="model.model_kwargs")
-
-
-def _token_bias(bias: dict[str, float], engine: str) -> dict[int, float]:
-    """``logit_bias`` keyed by token id; other keys fail this request, not the engine."""
-    try:
-        return {int(token): value for token, value in bias.items()}
-    except ValueError:
-        raise UnsupportedRequestError("generation.logit_bias: this engine takes logit_bias "
-                                      "keyed by token id", engine=engine) from None
