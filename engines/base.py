@@ -283,7 +283,8 @@ class BaseInferenceEngine(Generator):
 
     async def acheck(self) -> str:
         """Ask ``SELF_CHECK``'s question (greedy); its answer, or ``EngineUnavailableError``."""
-        await asyncio.to_thread(self.load)
+        if not self._loaded:
+            await asyncio.to_thread(self.load)
         conversation, expect = SELF_CHECK
         question = conversation.messages[-1].text
         [done] = await self._agenerate([conversation], GenerationParams(max_new_tokens=16))

@@ -172,7 +172,7 @@ class _Sink:
     def write(self, index: int, row: dict[str, Any]) -> None:
         line = dumps_row({**row, ROW: index})
         if self.writer is not None:
-            self.writer.write(index, line)
+            self.writer.write(line)
         else:
             print(line, file=self.stdout, flush=True)
 

@@ -9,7 +9,7 @@ kill loses at most the row being written.
     >>> import json, tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "out.jsonl"
     >>> with ResumableJsonlWriter(path) as out:
-    ...     out.write(0, json.dumps({"_row": 0, "answer": "Paris"}))
+    ...     out.write(json.dumps({"_row": 0, "answer": "Paris"}))
     >>> with ResumableJsonlWriter(path) as out:   # a rerun: row 0 is done
     ...     sorted(out.done)
     [0]
@@ -59,8 +59,8 @@ class ResumableJsonlWriter:
                     raise ConfigurationError(f"existing output line is not a result row ({exc})",
                                              file=str(self.path), line=lineno) from exc
 
-    def write(self, key: Any, line: str) -> None:
-        """Append one JSON line (without newline) for ``key`` and flush it to the OS.
+    def write(self, line: str) -> None:
+        """Append one JSON line (without newline; it carries its key) and flush it to the OS.
 
         ``done`` keeps only the keys found on open: a run moves forward through its
         rows, so a million rows written cost no memory here.
