@@ -28,6 +28,7 @@ from dependency_injector import containers, providers
 from inferline.engines.catalog import EngineCatalog
 from inferline.logging import configure_logging
 from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
+from inferline.server.state import RedisState, shared_state
 from inferline.settings import InferlineSettings, load_settings
 
 
@@ -43,14 +44,24 @@ async def _engine_shutdown(engines: EngineCatalog) -> AsyncIterator[EngineCatalo
     await engines.aclose()
 
 
+async def _state_shutdown(state: RedisState | None) -> AsyncIterator[RedisState | None]:
+    yield state
+    if state is not None:
+        await state.aclose()
+
+
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(load_settings)
     logging = providers.Resource(_logging, settings)
     engine_overrides = providers.Dict()
+    state = providers.Singleton(shared_state, settings.provided.state)  # replicas share it
+    state_shutdown = providers.Resource(_state_shutdown, state)
     engines = providers.Singleton(EngineCatalog, settings.provided.engines,
-                                  overrides=engine_overrides)
+                                  overrides=engine_overrides, limits=state,
+                                  replay=settings.provided.replay,
+                                  cassette=settings.provided.replay_cassette)
     engine_shutdown = providers.Resource(_engine_shutdown, engines)
-    chains = providers.Singleton(ChainCatalog, settings.provided.chains, engines)
+    chains = providers.Singleton(ChainCatalog, settings.provided.chains, engines, store=state)
     pipelines = providers.Singleton(PipelineCatalog, settings.provided.pipelines, chains)
 
 

@@ -54,6 +54,10 @@ class LoopStates:
 
     def __init__(self, params: RemoteParams, session: aiohttp.ClientSession | None) -> None:
         self._params, self._session = params, session
+        #: makes each new loop's rate limiter (``share_limits`` swaps in a shared one)
+        self.make_limiter: Callable[[], RateLimiter] = lambda: RateLimiter(
+            requests_per_minute=params.requests_per_minute,
+            tokens_per_minute=params.tokens_per_minute)
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary())
         _LIVE.add(self)
@@ -69,10 +73,8 @@ class LoopStates:
         params = self._params
         session = self._session or aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=params.num_workers, ttl_dns_cache=300))
-        limiter = RateLimiter(requests_per_minute=params.requests_per_minute,
-                              tokens_per_minute=params.tokens_per_minute)
         return LoopState(session, self._session is None, asyncio.Semaphore(params.num_workers),
-                         limiter)
+                         self.make_limiter())
 
     async def aclose(self) -> None:
         """Close the sessions we opened, on whichever loop each belongs to."""

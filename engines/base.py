@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from inferline.core.configs import (
     InferenceEngineType,
     ModelParams,
 )
+from inferline.core.cost import FREE, Cost, Price
 from inferline.core.portal import portal
-from inferline.core.types import Conversation, Message, Role
+from inferline.core.types import Conversation, Message, Role, ToolCall, ToolCallDelta
+from inferline.engines import _wait as waits
 from inferline.errors import (
     Attempt,
     EngineUnavailableError,
@@ -66,13 +69,29 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
     served_by: str = ""
     attempts: list[Attempt] = field(default_factory=list)
+    cache: str | None = None  # "hit" when a response cache answered (``engines/cache.py``)
+    #: the functions the model asked to call (finish_reason "tool_calls")
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    #: what this answer cost (``inferline.core.cost``); FREE for a cache hit or a replay,
+    #: which build their completions without one
+    cost: Cost = FREE
 
     def provenance(self) -> dict[str, Any]:
-        """``served_by``, ``attempts`` and ``usage`` as JSON-ready values (for the edges)."""
+        """``served_by``, ``attempts`` and ``usage`` (and ``cache``, when set) as JSON-ready
+        values (for the edges)."""
         attempts = self.attempts or [Attempt(self.served_by, None, None, 0.0)]
-        return {"served_by": self.served_by, "attempts": [a.as_dict() for a in attempts],
-                "usage": self.usage.as_dict()}
+        out = {"served_by": self.served_by, "attempts": [a.as_dict() for a in attempts],
+               "usage": self.usage.as_dict(), "cost": self.cost.usd}
+        return out if self.cache is None else {**out, "cache": self.cache}
 
+
+def tool_call_deltas(calls: Sequence[ToolCall]) -> list[ToolCallDelta]:
+    """Whole tool calls as stream pieces, one each."""
+    return [ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(calls)]
+
+
+#: ``GenerationParams`` fields an engine takes only when it ``can_call_tools``
+TOOL_PARAMS = frozenset({"tools", "tool_choice"})
 
 #: what ``agenerate`` gives for each row
 Outcome = Completion | InferlineError
@@ -88,6 +107,8 @@ class StreamChunk:
     usage: Usage | None = None
     served_by: str | None = None
     attempts: list[Attempt] | None = None
+    cost: Cost | None = None  # on the last chunk
+    tool_calls: list[ToolCallDelta] | None = None  # pieces of tool calls, as generated
 
 
 @dataclass(slots=True)
@@ -102,10 +123,11 @@ class RowResult:
 def output_conversation(conversation: Conversation, done: Completion) -> Conversation:
     """``conversation`` plus the answer; provenance in ``metadata`` (the Oumi edge)."""
     meta: dict[str, Any] = {"usage": done.usage.as_dict(), "finish_reason": done.finish_reason,
-                            "served_by": done.served_by}
+                            "served_by": done.served_by, "cost": done.cost.usd}
     if done.attempts:
         meta["attempts"] = [a.as_dict() for a in done.attempts]
-    return conversation.append(Message(role=Role.ASSISTANT, content=done.text), **meta)
+    answer = Message(role=Role.ASSISTANT, content=done.text, tool_calls=done.tool_calls or None)
+    return conversation.append(answer, **meta)
 
 
 class Generator(ABC):
@@ -210,16 +232,18 @@ class BaseInferenceEngine(Generator):
     is_local: ClassVar[bool] = False
     can_stream: ClassVar[bool] = False
     supports_images: ClassVar[bool] = False
+    #: takes ``tools``/``tool_choice`` and conversations with tool calls and results
+    can_call_tools: ClassVar[bool] = False
     requires_gpu: ClassVar[bool] = False
     self_check: bool = False
+    price: Price = Price()  # settings: ``engines.<name>.price``; what each answer costs
 
     def __init__(self, model_params: ModelParams, *,
                  generation_params: GenerationParams | None = None,
                  name: str | None = None) -> None:
         self.model_params = model_params
-        self.generation_params = generation_params or GenerationParams()
         self.name = name or type(self).__name__
-        self._check_params(self.generation_params)
+        self.generation_params = self._check_params(generation_params or GenerationParams())
         self._loaded = False
         self._load_lock = threading.Lock()
         self._checked: str | EngineUnavailableError | None = None  # the self-check's answer
@@ -230,13 +254,26 @@ class BaseInferenceEngine(Generator):
     # -- parameters -------------------------------------------------------------
 
     def get_supported_params(self) -> set[str]:
-        """The ``GenerationParams`` fields this engine honours."""
-        return set(self.supported_params)
+        """The ``GenerationParams`` fields this engine honours (``tools`` and
+        ``tool_choice`` exactly when it ``can_call_tools``)."""
+        return set(self.supported_params - TOOL_PARAMS) | (
+            TOOL_PARAMS if self.can_call_tools else set())
 
-    def _check_params(self, params: GenerationParams) -> None:
-        for key, value in params.non_default().items():
-            if key not in self.supported_params:
-                raise UnsupportedParameterError(self.name, key, value)
+    def _check_params(self, params: GenerationParams) -> GenerationParams:
+        """``params`` if this engine honours them all (a best-effort ``guided_decoding`` it
+        cannot do is dropped); else ``UnsupportedParameterError``."""
+        guided = params.guided_decoding
+        if guided is not None and not guided.required and (
+                "guided_decoding" not in self.supported_params):
+            params = params.model_copy(update={"guided_decoding": None})
+        if not (asked := params.non_default()):
+            return params
+        supported = self.get_supported_params()
+        for key, value in asked.items():
+            if key not in supported:
+                names = key == "tools" and [t.name for t in value]
+                raise UnsupportedParameterError(self.name, key, names or value)
+        return params
 
     def _generation(self, config: InferenceConfig | None) -> GenerationParams:
         """The engine's defaults, overridden by the fields ``config`` sets explicitly."""
@@ -245,9 +282,7 @@ class BaseInferenceEngine(Generator):
         # attributes, not model_dump(): model_copy does not re-validate, so nested
         # models (guided_decoding) must stay models
         overrides = {k: getattr(config.generation, k) for k in config.generation.model_fields_set}
-        params = self.generation_params.model_copy(update=overrides)
-        self._check_params(params)
-        return params
+        return self._check_params(self.generation_params.model_copy(update=overrides))
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -315,22 +350,37 @@ class BaseInferenceEngine(Generator):
         outcomes: list[Outcome] = []
         for start in range(0, len(conversations), size):
             chunk = conversations[start:start + size]
+            began = time.monotonic()
             try:
-                outcomes.extend(await self._agenerate(chunk, params))
+                done = list(await self._agenerate(chunk, params))
             except InferlineError as exc:
                 outcomes.extend([exc] * len(chunk))
-        for outcome in outcomes:
-            if isinstance(outcome, Completion):
-                outcome.served_by = self.name
+                continue
+            took = time.monotonic() - began
+            if self.is_local:  # remote engines count their wait at the HTTP layer
+                waits.add(took)
+            share = took / len(chunk)  # each row's part of the wall time
+            for outcome in done:
+                if isinstance(outcome, Completion):
+                    outcome.served_by, outcome.cost = self.name, self._cost(outcome.usage, share)
+            outcomes.extend(done)
         return outcomes
+
+    def _cost(self, usage: Usage, seconds: float) -> Cost:
+        return self.price.cost(prompt_tokens=usage.prompt_tokens,
+                               completion_tokens=usage.completion_tokens, seconds=seconds)
 
     async def astream(self, conversation: Conversation,
                       inference_config: InferenceConfig | None = None,
                       ) -> AsyncGenerator[StreamChunk, None]:
         params = self._generation(inference_config)
         await self.aload()
-        async for chunk in self._astream(conversation, params):
+        began = time.monotonic()
+        chunks = self._astream(conversation, params)
+        async for chunk in waits.timed(chunks) if self.is_local else chunks:
             chunk.served_by = self.name
+            if chunk.finish_reason is not None:
+                chunk.cost = self._cost(chunk.usage or Usage(), time.monotonic() - began)
             yield chunk
 
     # -- backend hooks -------------------------------------------------------------
@@ -346,10 +396,12 @@ class BaseInferenceEngine(Generator):
         [done] = await self._agenerate([conversation], params)
         if not isinstance(done, Completion):
             raise done
-        yield StreamChunk(done.text, done.finish_reason, done.usage)
+        yield StreamChunk(done.text, done.finish_reason, done.usage,
+                          tool_calls=tool_call_deltas(done.tool_calls) or None)
 
     def describe(self) -> dict[str, Any]:
         """Capabilities, for ``inferline engines`` and the gateway's /ready."""
         return {"name": self.name, "type": self.engine_type.value, "local": self.is_local,
                 "stream": self.can_stream, "images": self.supports_images,
+                "tools": self.can_call_tools,
                 "loaded": self._loaded}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import Field
 
-from inferline.core.configs import GenerationParams, InferenceEngineType
+from inferline.core.configs import GenerationParams, GuidedDecodingParams, InferenceEngineType
 from inferline.core.types import Conversation
+from inferline.engines._gbnf import choice_gbnf, regex_gbnf
 from inferline.engines.base import Completion, StreamChunk, Usage
 from inferline.engines.local import (
     Emit,
@@ -39,11 +41,13 @@ from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
     FatalEngineError,
+    UnsupportedRequestError,
 )
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 log = structlog.get_logger(__name__)
 
@@ -94,13 +98,14 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
     engine_type = InferenceEngineType.LLAMACPP
     supported_params = frozenset({
         "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
-        "presence_penalty", "stop_strings", "seed", "logit_bias", "batch_size"})
+        "presence_penalty", "stop_strings", "seed", "logit_bias", "guided_decoding", "batch_size"})
     can_stream = True
     options_class = LlamaCppOptions
     options: LlamaCppOptions
 
     _llm: Llama | None = None
     _formatter: Jinja2ChatFormatter | None = None
+    _grammars: dict[str, LlamaGrammar]  # GBNF -> its checked grammar
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -122,7 +127,7 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
             llm = llama_cpp.Llama(model_path=path, **kwargs)
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
             raise EngineUnavailableError(f"cannot load {path}: {exc}", engine=self.name) from exc
-        self._formatter = self._chat_formatter(llm)
+        self._formatter, self._grammars = self._chat_formatter(llm), {}
         llm.chat_handler = self._formatter.to_chat_handler()
         self._llm = llm
         log.info("engine_loaded", engine=self.name, model=path, n_ctx=kwargs["n_ctx"],
@@ -161,7 +166,30 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
             seed=params.seed)
         if params.logit_bias:
             kwargs["logit_bias"] = token_bias(params.logit_bias, engine=self.name)
+        if (guided := params.guided_decoding) is not None:
+            try:
+                kwargs["grammar"] = self._grammar(grammar(guided, engine=self.name))
+            except UnsupportedRequestError:
+                if guided.required:
+                    raise
         return kwargs
+
+    def _grammar(self, gbnf: str) -> LlamaGrammar:
+        """``gbnf`` parsed once by llama.cpp itself: llama-cpp-python would crash the process
+        on a grammar llama.cpp cannot parse (its converters can write such grammars)."""
+        if gbnf not in self._grammars:
+            import llama_cpp
+            from llama_cpp import llama_grammar
+
+            sampler = llama_cpp.llama_sampler_init_grammar(self._ready()._model.vocab,
+                                                           gbnf.encode(), b"root")
+            if not sampler:
+                raise UnsupportedRequestError("generation.guided_decoding: llama.cpp cannot "
+                                              f"parse the grammar it gives:\n{gbnf[:500]}",
+                                              engine=self.name)
+            llama_cpp.llama_sampler_free(sampler)
+            self._grammars[gbnf] = llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
+        return self._grammars[gbnf]
 
     async def _agenerate(self, conversations: Sequence[Conversation],
                          params: GenerationParams) -> list[Completion]:
@@ -231,3 +259,24 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
         result = self._formatter(messages=messages)  # type: ignore[misc, arg-type]
         return len(llm.tokenize(result.prompt.encode(), add_bos=not result.added_special,
                                 special=True))
+
+
+def grammar(guided: GuidedDecodingParams, *, engine: str) -> str:
+    """GBNF that only lets the model write what ``guided`` allows: a JSON value matching the
+    schema, text that fully matches the regex, or exactly one of the choices."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        if guided.json_schema is not None:
+            kind = "json"
+            return str(json_schema_to_gbnf(json.dumps(guided.json_schema)))
+        if guided.regex is not None:
+            kind = "regex"
+            return regex_gbnf(guided.regex)
+        kind = "choice"
+        return choice_gbnf(guided.choice or [])
+    except (ValueError, AssertionError, KeyError, TypeError, RecursionError) as exc:
+        # llama-cpp-python's schema converter asserts on what it cannot translate
+        raise UnsupportedRequestError(f"generation.guided_decoding.{kind}: cannot be written as "
+                                      f"a llama.cpp grammar ({str(exc) or type(exc).__name__})",
+                                      engine=engine) from None

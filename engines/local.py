@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inferline.core.configs import GenerationParams, ModelParams
-from inferline.core.types import Conversation
+from inferline.core.types import Conversation, Role
 from inferline.engines.base import BaseInferenceEngine
 from inferline.engines.hardware import check_fits, estimate_memory, params_from_hf_dir
 from inferline.engines.models import hf_dtype, looks_like_path, packaged
@@ -46,6 +46,7 @@ class LocalInferenceEngine(BaseInferenceEngine):
     already uses every core."""
 
     is_local = True
+    can_call_tools = False  # no tool-call parsing in-process: a chain asks a remote engine
     options_class: ClassVar[type[Options]]
 
     def __init__(self, model_params: ModelParams, *,
@@ -90,6 +91,9 @@ def chat_messages(conversation: Conversation, *, engine: str) -> list[dict[str, 
         if message.has_images:
             raise FatalEngineError("this engine takes text only; the conversation has images",
                                    engine=engine)
+        if message.tool_calls or message.role is Role.TOOL:
+            raise UnsupportedRequestError("this engine cannot call tools; the conversation has "
+                                          "tool calls or results", engine=engine)
         out.append({"role": message.role.value, "content": message.text})
     return out
 

@@ -6,6 +6,9 @@
     http://host:8000/v1 (any other path)  -> that + /chat/completions
     http://host:8000 (no path)            -> that + /v1/chat/completions
 
+``tools``/``tool_choice`` pass through as OpenAI's; ``tool_calls`` come back on the
+``Completion`` (a forced call's "stop" reads "tool_calls") and as stream deltas.
+
     engine = RemoteInferenceEngine(ModelParams(model_name="smollm2-135m"),
                                    remote_params=RemoteParams(api_url="http://localhost:8000"))
     engine.infer([Conversation.from_prompt("What is the capital of France?")])
@@ -13,17 +16,27 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 
 from inferline.core.configs import (
+    TOOL_CHOICE_MODES,
     GenerationParams,
     GuidedDecodingParams,
     InferenceEngineType,
+    ToolSpec,
 )
-from inferline.core.types import ContentItem, ContentType, Conversation, Message
+from inferline.core.types import (
+    ContentItem,
+    ContentType,
+    Conversation,
+    Message,
+    ToolCall,
+    ToolCallDelta,
+)
 from inferline.engines._images import data_url
 from inferline.engines.base import Completion, StreamChunk, Usage
 from inferline.engines.remote import BaseRemoteEngine, Body, StreamEnd
@@ -38,6 +51,7 @@ class RemoteInferenceEngine(BaseRemoteEngine):
 
     engine_type = InferenceEngineType.REMOTE
     supported_params = _SAMPLING
+    can_call_tools = True  # tools/tool_choice pass through; tool_calls parse back
     #: GenerationParams field -> request field, sent only when not the default
     api_fields: ClassVar[dict[str, str]] = {
         "top_p": "top_p", "frequency_penalty": "frequency_penalty",
@@ -61,6 +75,8 @@ class RemoteInferenceEngine(BaseRemoteEngine):
                 base[self.api_fields[key]] = value
         if params.guided_decoding is not None:
             base.update(self._guided(params.guided_decoding))
+        if params.tools:
+            base.update(_tools(params.tools, params.tool_choice))
         if stream:
             base["stream"] = True
             base["stream_options"] = {"include_usage": True}
@@ -68,6 +84,8 @@ class RemoteInferenceEngine(BaseRemoteEngine):
 
     def _guided(self, guided: GuidedDecodingParams) -> Body:
         """OpenAI structured outputs: JSON schemas only."""
+        if guided.json_schema is None and not guided.required:
+            return {}
         if guided.json_schema is None:
             kind = "regex" if guided.regex is not None else "choice"
             raise UnsupportedParameterError(self.name, f"guided_decoding.{kind}", "set")
@@ -83,8 +101,12 @@ class RemoteInferenceEngine(BaseRemoteEngine):
         if "error" in body:
             raise self._event_error(body["error"])
         choice = body["choices"][0]
-        return Completion(choice["message"].get("content") or "", choice.get("finish_reason"),
-                          _usage(body.get("usage")) or Usage())
+        message, finish = choice["message"], choice.get("finish_reason")
+        calls = [_tool_call(c) for c in message.get("tool_calls") or ()]
+        if calls and finish == "stop":  # a forced call (named tool_choice) ends with "stop"
+            finish = "tool_calls"
+        return Completion(message.get("content") or "", finish,
+                          _usage(body.get("usage")) or Usage(), tool_calls=calls)
 
     def _stream_event(self, event: str, data: str) -> StreamChunk | None:
         if data == "[DONE]":
@@ -94,8 +116,10 @@ class RemoteInferenceEngine(BaseRemoteEngine):
             raise self._event_error(obj["error"])
         choices = obj.get("choices") or [{}]
         delta = choices[0].get("delta") or {}
+        calls = delta.get("tool_calls")
         return StreamChunk(delta.get("content") or "", choices[0].get("finish_reason"),
-                           _usage(obj.get("usage")))
+                           _usage(obj.get("usage")),
+                           tool_calls=[_call_delta(c) for c in calls] if calls else None)
 
 
 class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
@@ -142,9 +166,39 @@ class ParasailInferenceEngine(RemoteInferenceEngine):
 
 
 def _message(message: Message) -> dict[str, Any]:
-    if isinstance(message.content, str):
-        return {"role": message.role.value, "content": message.content}
-    return {"role": message.role.value, "content": [_part(c) for c in message.content]}
+    content = message.content
+    out: dict[str, Any] = {"role": message.role.value, "content": content if isinstance(
+        content, str) else [_part(c) for c in content]}
+    if message.tool_calls:
+        out["content"] = out["content"] or None  # OpenAI's null, not "", beside tool calls
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _tools(tools: list[ToolSpec], choice: str | None) -> Body:
+    """``tools`` and ``tool_choice`` request fields (a tool's name forces that tool)."""
+    body: Body = {"tools": [{"type": "function", "function": t.model_dump(exclude_none=True)}
+                            for t in tools]}
+    if choice is not None:
+        body["tool_choice"] = choice if choice in TOOL_CHOICE_MODES else {
+            "type": "function", "function": {"name": choice}}
+    return body
+
+
+def _tool_call(raw: dict[str, Any]) -> ToolCall:
+    function = raw["function"]
+    return ToolCall(id=raw.get("id") or f"call_{uuid.uuid4().hex[:24]}", name=function["name"],
+                    arguments=function.get("arguments") or "{}")
+
+
+def _call_delta(raw: dict[str, Any]) -> ToolCallDelta:
+    function = raw.get("function") or {}
+    return ToolCallDelta(raw.get("index") or 0, raw.get("id"), function.get("name"),
+                         function.get("arguments") or "")
 
 
 def _part(item: ContentItem) -> dict[str, Any]:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -36,6 +37,7 @@ import structlog
 
 from inferline.core.configs import GenerationParams, ModelParams, RemoteParams
 from inferline.core.types import Conversation
+from inferline.engines import _wait as waits
 from inferline.engines._http import (
     LoopState,
     LoopStates,
@@ -46,7 +48,7 @@ from inferline.engines._http import (
     status_error,
     transport_error,
 )
-from inferline.engines._pacing import backoff_delay
+from inferline.engines._pacing import RateLimiter, backoff_delay
 from inferline.engines._pool import run_pool
 from inferline.engines._sse import iter_sse
 from inferline.engines.base import BaseInferenceEngine, Completion, StreamChunk
@@ -166,6 +168,11 @@ class BaseRemoteEngine(BaseInferenceEngine):
         """Close the sessions this engine opened (on every loop it ran on)."""
         await self._states.aclose()
 
+    def share_limits(self, make: Callable[[], RateLimiter]) -> None:
+        """Take each loop's rate limiter from ``make``: a request/token budget shared beyond
+        this process (gateway replicas, through Redis: ``server/state.py``)."""
+        self._states.make_limiter = make
+
     # -- one request: the one send path, and the one retry loop over it ----------
 
     async def _exchange(self, conversation: Conversation, base: Body, state: LoopState, *,
@@ -189,16 +196,20 @@ class BaseRemoteEngine(BaseInferenceEngine):
                     if self.refreshes_auth:
                         await self._refresh_auth()
                     try:
+                        began = time.perf_counter()
                         async with state.session.post(
                                 self.api_url, data=json_body(data), headers=self._headers(),
                                 timeout=self._timeout) as resp:
                             if resp.status != 200:
                                 raise await self._status_error(resp)
                             if not stream:
-                                done = self._parse(await resp.read())
+                                raw = await resp.read()
+                                waits.add(time.perf_counter() - began)
+                                done = self._parse(raw)
                                 sent, used = 1, _tokens(done)
                                 yield done
                             else:
+                                waits.add(time.perf_counter() - began)  # to the headers
                                 async for chunk in self._chunks(resp):
                                     sent, used = sent + 1, _tokens(chunk) or used
                                     yield chunk
@@ -217,16 +228,20 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[StreamChunk]:
         """The text of an SSE reply as it arrives, then one chunk with finish_reason and usage."""
-        final = StreamChunk()
-        async for event, payload in iter_sse(resp.content):
+        final, calls = StreamChunk(), dict[int, int]()  # a protocol's call index -> 0, 1, ...
+        async for event, payload in waits.timed(iter_sse(resp.content)):
             chunk = self._parse_event(event, payload)
             if chunk is None:
                 break
             merge_final(final, chunk)
-            if chunk.text:
-                yield StreamChunk(chunk.text)
+            for delta in chunk.tool_calls or ():
+                delta.index = calls.setdefault(delta.index, len(calls))
+            if chunk.text or chunk.tool_calls:
+                yield StreamChunk(chunk.text, tool_calls=chunk.tool_calls)
         if final.finish_reason is None:
             raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
+        if calls and final.finish_reason == "stop":  # a forced call (named tool_choice)
+            final.finish_reason = "tool_calls"
         yield final
 
     async def _complete(self, conversation: Conversation, base: Body,

@@ -3,6 +3,7 @@
     chains = ChainCatalog(settings.chains, EngineCatalog(settings.engines))
     chain = chains.get("default")
     chain = chains.inline(["local_llamacpp", "openai"])   # a pipeline's inline list
+    chains = ChainCatalog(settings.chains, engines, store=shared_state(settings.state))  # replicas
 
 A member that names another chain is replaced by that chain's engines.
 """
@@ -13,52 +14,68 @@ import difflib
 from collections.abc import Mapping
 from pathlib import Path
 
+from inferline.engines.cache import cache_layers
 from inferline.engines.catalog import EngineCatalog
 from inferline.errors import ConfigurationError
-from inferline.pipelines.breaker import CircuitBreaker
+from inferline.pipelines.breaker import Breakers, BreakerStore
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.pipeline import Pipeline
 from inferline.pipelines.spec import PipelineSpec
-from inferline.settings.model import ChainSettings, PipelineSettings, expand_chain
+from inferline.settings.model import (
+    CacheSettings,
+    ChainSettings,
+    PipelineSettings,
+    expand_chain,
+)
 
 
 class ChainCatalog:
-    def __init__(self, chains: Mapping[str, ChainSettings], engines: EngineCatalog) -> None:
+    def __init__(self, chains: Mapping[str, ChainSettings], engines: EngineCatalog,
+                 store: BreakerStore | None = None) -> None:
         self.specs, self.engines = dict(chains), engines
-        self.breakers: dict[str, CircuitBreaker] = {}  # per engine, shared by every chain
+        # per engine, shared by every chain (and through ``store`` by every replica)
+        self.breakers = Breakers(store)
         self._built: dict[str, FallbackChain] = {}
 
     def names(self) -> list[str]:
         return list(self.specs)
 
-    def get(self, name: str) -> FallbackChain:
-        if name not in self._built:
+    def get(self, name: str, *, cache: CacheSettings | None = None) -> FallbackChain:
+        """The chain called ``name``; with ``cache`` (a pipeline step's), a twin whose
+        engines use that cache over the chain's and their own."""
+        key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
+        if key not in self._built:
             spec = self.specs.get(name)
             if spec is None:
                 hint = next(iter(difflib.get_close_matches(name, self.names(), 1)), None)
                 raise ConfigurationError(f"unknown chain {name!r}", key="chains", hint=hint)
-            self._built[name] = self._chain(name, spec)
-        return self._built[name]
+            self._built[key] = self._chain(name, spec, cache)
+        return self._built[key]
 
     def retired(self) -> dict[str, str]:
         """Engines a chain took out of service (their preflight or load failed), and why."""
         return {name: why for chain in self._built.values()
                 for name, why in chain.unavailable.items()}
 
-    def inline(self, members: list[str]) -> FallbackChain:
+    def inline(self, members: list[str], *,
+               cache: CacheSettings | None = None) -> FallbackChain:
         """A chain over ``members`` (engine or chain names), with the default chain settings."""
         name = "[" + ", ".join(members) + "]"
-        if name not in self._built:
-            self._built[name] = self._chain(name, ChainSettings(engines=members))
-        return self._built[name]
+        key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
+        if key not in self._built:
+            self._built[key] = self._chain(name, ChainSettings(engines=members), cache)
+        return self._built[key]
 
-    def _chain(self, name: str, spec: ChainSettings) -> FallbackChain:
+    def _chain(self, name: str, spec: ChainSettings,
+               cache: CacheSettings | None = None) -> FallbackChain:
         known = {n: None for n in self.engines.names()}
         try:
             engines = expand_chain(name, {**self.specs, name: spec}, known)
         except ValueError as exc:
             raise ConfigurationError(str(exc), key=f"chains.{name}") from None
-        return FallbackChain(name, [self.engines.get(n) for n in engines], spec, self.breakers)
+        cache = cache_layers(spec.cache, cache)  # the chain's cache, a step's over it
+        return FallbackChain(name, [self.engines.get(n, cache=cache) for n in engines], spec,
+                             self.breakers)
 
 
 class PipelineCatalog:

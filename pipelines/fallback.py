@@ -9,7 +9,8 @@ A chain holds engines (or other chains) and offers the same door as an engine
 
 Per row, the chain moves to the next engine on the error kinds in
 ``fallback_on`` (by default: unavailable, and retryable after the engine's own
-retries), and always when the engine cannot do what the request asks
+retries; ``invalid_output`` is the pipeline's to act on, through ``after``),
+and always when the engine cannot do what the request asks
 (``UnsupportedRequestError``: that engine stays in service for other requests).
 An engine whose ``preflight`` or ``load`` fails is skipped for the chain's life;
 an engine whose circuit is open is skipped until its cooldown ends. Streaming
@@ -36,7 +37,7 @@ from inferline.errors import (
     InferlineError,
     UnsupportedRequestError,
 )
-from inferline.pipelines.breaker import CircuitBreaker
+from inferline.pipelines.breaker import CircuitBreaker, breaker_for
 from inferline.settings.model import ChainSettings
 
 log = structlog.get_logger(__name__)
@@ -56,14 +57,14 @@ class FallbackChain(Generator):
         self.breakers = breakers if breakers is not None else {}
         self.unavailable: dict[str, str] = {}  # engine -> reason its preflight or load failed
         self._ready: set[str] = set()  # engines whose preflight and load passed
+        self._rest: dict[str, FallbackChain] = {}  # after(): the chains of later engines
 
     def __repr__(self) -> str:
         return f"FallbackChain({self.name!r}, {[e.name for e in self.engines]})"
 
     def breaker(self, engine: Generator) -> CircuitBreaker:
         cb = self.settings.circuit_breaker
-        return self.breakers.setdefault(engine.name, CircuitBreaker(cb.failure_threshold,
-                                                                     cb.cooldown_s))
+        return breaker_for(self.breakers, engine.name, cb.failure_threshold, cb.cooldown_s)
 
     def _candidates(self) -> list[Generator]:
         return self.engines[:self.settings.max_attempts or len(self.engines)]
@@ -88,7 +89,7 @@ class FallbackChain(Generator):
         """Why ``engine`` is not tried now (unavailable, circuit open), or None; loads it."""
         if (reason := self._preflight(engine)) is not None:
             return reason
-        if not self.breaker(engine).allow():
+        if not await self.breaker(engine).admit():  # shared: asks the other replicas too
             return "circuit open"
         if engine.name not in self._ready:
             try:
@@ -97,6 +98,40 @@ class FallbackChain(Generator):
                 self._retire(engine, exc)
                 return self.unavailable[engine.name]
             self._ready.add(engine.name)
+        return None
+
+    def after(self, served_by: str) -> FallbackChain | None:
+        """The engines after ``served_by`` (or after the member chain that holds it), as a
+        chain that shares this one's breakers and retirements; None if none is left. Where a
+        row goes when its answer is rejected (``fallback_on: [invalid_output]``)."""
+        rest = self._after(served_by)
+        if not rest:
+            return None
+        name = f"{self.name}>{served_by}"
+        if name not in self._rest:
+            sub = FallbackChain(name, rest, self.settings.model_copy(
+                update={"engines": [e.name for e in rest], "max_attempts": None}), self.breakers)
+            sub.unavailable, sub._ready = self.unavailable, self._ready
+            self._rest[name] = sub
+        return self._rest[name]
+
+    def member(self, name: str) -> Generator | None:
+        """The engine called ``name`` in this chain or in a member chain."""
+        for engine in self.engines:
+            found = engine.member(name) if isinstance(engine, FallbackChain) else (
+                engine if engine.name == name else None)
+            if found is not None:
+                return found
+        return None
+
+    def _after(self, served_by: str) -> list[Generator] | None:
+        members = self._candidates()
+        for i, member in enumerate(members):
+            if member.name == served_by:
+                return members[i + 1:]
+            inner = member._after(served_by) if isinstance(member, FallbackChain) else None
+            if inner is not None:
+                return [*inner, *members[i + 1:]]
         return None
 
     def plan(self) -> dict[str, str | None]:

@@ -18,12 +18,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inferline.core.configs import InferenceConfig
+from inferline.core.configs import GuidedDecodingParams, InferenceConfig
 from inferline.core.portal import portal
 from inferline.errors import ConfigurationError, InputError
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import build_processor
-from inferline.pipelines.spec import GenerateSpec, PipelineSpec, TemplateSpec
+from inferline.pipelines.spec import (
+    ChoiceSpec,
+    GenerateSpec,
+    JsonSchemaSpec,
+    PipelineSpec,
+    TemplateSpec,
+)
 from inferline.pipelines.steps import GenerateStep, PostprocessStep, Row, TemplateStep
 from inferline.pipelines.template import PromptTemplate
 
@@ -160,7 +166,7 @@ def _generate(spec: PipelineSpec, gen: GenerateSpec, chains: ChainCatalog,
         if gen.chain not in chains.names():
             hint = next(iter(difflib.get_close_matches(gen.chain, chains.names(), 1)), None)
             raise spec.error(f"unknown chain {gen.chain!r}", *where, "chain", hint=hint)
-        chain = chains.get(gen.chain)
+        chain = chains.get(gen.chain, cache=gen.cache)
     else:
         members = gen.engines or []
         for j, member in enumerate(members):
@@ -170,7 +176,7 @@ def _generate(spec: PipelineSpec, gen: GenerateSpec, chains: ChainCatalog,
                                  hint=hint)
         if len(set(members)) != len(members):
             raise spec.error("an engine is listed twice", *where, "engines")
-        chain = chains.inline(members)
+        chain = chains.inline(members, cache=gen.cache)
     return GenerateStep(chain, InferenceConfig(generation=gen.generation),
                         gen.output or spec.output)
 
@@ -186,4 +192,20 @@ def _postprocess(spec: PipelineSpec, processors: Sequence[Any], generate: Genera
             raise spec.error(exc.message, *where, j,
                              *(exc.key.split(".") if exc.key else ())) from None
     reask = max((getattr(p.options, "reask", 0) for p in processors), default=0)
+    for j, proc in enumerate(processors):
+        if getattr(proc.options, "constrain", False):
+            key = (*where, j, proc.kind, "constrain")
+
+            def error(message: str, key: tuple[Any, ...] = key) -> ConfigurationError:
+                return spec.error(message, *key)
+
+            generate.constrain(_guided(proc.options), error)
     return PostprocessStep(built, generate, reask)
+
+
+def _guided(options: JsonSchemaSpec | ChoiceSpec) -> GuidedDecodingParams:
+    """What ``constrain: true`` asks of the engines: best effort, so an engine that cannot
+    constrain still answers, and validation (with its re-asks) stays the net."""
+    if isinstance(options, JsonSchemaSpec):
+        return GuidedDecodingParams(json_schema=options.json_schema, required=False)
+    return GuidedDecodingParams(choice=list(options.options), required=False)

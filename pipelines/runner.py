@@ -6,7 +6,9 @@ and remote ones fill their workers). Each output row carries ``_row``, its index
 among the input's non-blank lines, and is appended and flushed as its wave ends,
 in input order. A rerun skips the rows already written. Rows that fail are
 reported on stderr and in ``<output>.errors.jsonl`` (rewritten each run) and are
-tried again by the next run; they never sink the other rows.
+tried again by the next run; they never sink the other rows. With ``max_cost``
+(USD), no wave starts once this run has spent that much: it stops within one wave
+of the cap, and a rerun goes on from there with a cap of its own.
 
     summary = await arun_file(pipeline, "in.jsonl", "out.jsonl", concurrency=32)
     print("\\n".join(summary.lines()))
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 
 from inferline.core.batch import ResumableJsonlWriter, progress_bar
 from inferline.core.configs import InferenceConfig
+from inferline.core.cost import usd
 from inferline.core.types import Conversation, dumps_row
 from inferline.engines.base import Completion, Generator, output_conversation
 from inferline.errors import ConfigurationError, InferlineError, InputError
@@ -52,16 +55,35 @@ class Summary:
     tokens: Counter[str] = field(default_factory=Counter)  # prompt_tokens, completion_tokens
     seconds: float = 0.0
     first_error: InferlineError | None = None
+    #: USD per engine over every generate call of this run (rejected answers too: all paid)
+    costs: dict[str, float] = field(default_factory=dict)
+    max_cost: float | None = None  # the run's cap (``--max-cost``), if any
+    stopped: bool = False  # the cap stopped it with rows left to run
+
+    @property
+    def cost(self) -> float:
+        return sum(self.costs.values(), 0.0)
 
     def lines(self) -> list[str]:
         engines = ", ".join(f"{name} {n}" for name, n in self.engines.most_common()) or "none"
         rate = (self.succeeded + self.failed) / self.seconds if self.seconds else 0.0
-        return [(f"rows: {self.rows} ({self.succeeded} ok, {self.failed} failed, "
-                 f"{self.skipped} already done)"),
-                f"served by: {engines}",
-                (f"tokens: {self.tokens['prompt_tokens']} prompt, "
-                 f"{self.tokens['completion_tokens']} completion"),
-                f"time: {self.seconds:.1f} s ({rate:.2f} rows/s)"]
+        spent = sorted(self.costs.items(), key=lambda item: -item[1])
+        costs = ", ".join(f"{name} {usd(c)}" for name, c in spent)
+        lines = [(f"rows: {self.rows} ({self.succeeded} ok, {self.failed} failed, "
+                  f"{self.skipped} already done)"),
+                 f"served by: {engines}",
+                 (f"tokens: {self.tokens['prompt_tokens']} prompt, "
+                  f"{self.tokens['completion_tokens']} completion"),
+                 f"time: {self.seconds:.1f} s ({rate:.2f} rows/s)"]
+        if self.costs:  # a runner that does not count cost (Ray's) says nothing rather than $0
+            lines.insert(3, f"cost: {usd(self.cost)} ({costs})")
+        if self.stopped:
+            lines.append(
+                f"stopped at --max-cost {usd(self.max_cost or 0.0)}: spent {usd(self.cost)} "
+                f"this run; {self.succeeded + self.skipped} rows done ({self.succeeded} now, "
+                f"{self.skipped} before), {self.failed} failed, the rest not run; rerun to "
+                "continue (a rerun's cap counts only its own spend)")
+        return lines
 
 
 class Job(Protocol):
@@ -111,15 +133,19 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, int, Any]]:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                row: Any = json.loads(line)
-            except ValueError as exc:
-                row = InputError(f"{path}:{lineno}: not valid JSON ({exc})")
-            if not isinstance(row, dict | InputError):
-                row = InputError(f"{path}:{lineno}: expected a JSON object, got "
-                                 f"{type(row).__name__}")
-            yield index, lineno, row
+            yield index, lineno, parse_line(path, lineno, line)
             index += 1
+
+
+def parse_line(path: str | Path, lineno: int, line: str) -> Any:
+    """One input line's row (a dict), or the InputError that says why it is not one."""
+    try:
+        row: Any = json.loads(line)
+    except ValueError as exc:
+        return InputError(f"{path}:{lineno}: not valid JSON ({exc})")
+    if not isinstance(row, dict):
+        return InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def _numbered(rows: Iterable[Any]) -> Iterator[tuple[int, int, Any]]:
@@ -170,7 +196,10 @@ class _Sink:
         return self.writer.done if self.writer is not None else set()
 
     def write(self, index: int, row: dict[str, Any]) -> None:
-        line = dumps_row({**row, ROW: index})
+        self.write_line(dumps_row({**row, ROW: index}))
+
+    def write_line(self, line: str) -> None:
+        """One output line, already carrying its ``_row``."""
         if self.writer is not None:
             self.writer.write(line)
         else:
@@ -180,41 +209,55 @@ class _Sink:
              summary: Summary) -> None:
         summary.failed += 1
         summary.first_error = summary.first_error or error
-        message = str(error).replace("\n", "; ")
-        print(f"inferline: row {index} (line {lineno}): {type(error).__name__}: {message}",
-              file=sys.stderr, flush=True)
+        self.report(*failure_report(index, lineno, error, row))
+
+    def report(self, notice: str, record: str) -> None:
+        """A failed row: ``notice`` on stderr, ``record`` in the errors file."""
+        print(notice, file=sys.stderr, flush=True)
         if self._errors is not None:
-            self._errors.write(dumps_row({ROW: index, "line": lineno, "error": {
-                "type": type(error).__name__, "message": str(error)},
-                "input": row if isinstance(row, dict) else None}) + "\n")
+            self._errors.write(record + "\n")
             self._errors.flush()
+
+
+def failure_report(index: int, lineno: int, error: InferlineError, row: Any) -> tuple[str, str]:
+    """A failed row's stderr line and its errors-file line (where it is reported)."""
+    message = str(error).replace("\n", "; ")
+    notice = f"inferline: row {index} (line {lineno}): {type(error).__name__}: {message}"
+    return notice, dumps_row({ROW: index, "line": lineno, "error": {
+        "type": type(error).__name__, "message": str(error)},
+        "input": row if isinstance(row, dict) else None})
 
 
 async def arun_file(job: Job, input_path: str | Path,
                     output_path: str | Path | None = None, *, concurrency: int = 64,
                     restart: bool = False, errors_path: str | Path | None = None,
-                    stdout: IO[str] = sys.stdout) -> Summary:
+                    stdout: IO[str] = sys.stdout, max_cost: float | None = None) -> Summary:
     """Run ``job`` over ``input_path``; rows go to ``output_path`` (or ``stdout``)."""
     if not Path(input_path).is_file():  # noqa: ASYNC240 -- one stat, before any work
         raise ConfigurationError("cannot read input file", file=str(input_path))
     total = _count_rows(input_path) if sys.stderr.isatty() else 0
     return await arun_rows(job, iter_rows(input_path), output_path, total=total,
                            concurrency=concurrency, restart=restart, errors_path=errors_path,
-                           stdout=stdout)
+                           stdout=stdout, max_cost=max_cost)
 
 
 async def arun_rows(job: Job, rows: Iterator[tuple[int, int, Any]],
                     output_path: str | Path | None = None, *, total: int = 0,
                     concurrency: int = 64, restart: bool = False,
                     errors_path: str | Path | None = None,
-                    stdout: IO[str] = sys.stdout) -> Summary:
-    """Run ``job`` over ``(index, line, row)`` items, in waves of ``concurrency``."""
+                    stdout: IO[str] = sys.stdout, max_cost: float | None = None) -> Summary:
+    """Run ``job`` over ``(index, line, row)`` items, in waves of ``concurrency``; with
+    ``max_cost``, no wave starts once the run has spent that much (``summary.stopped``)."""
     for chain in job.chains:
         chain.plan()  # logs each engine that cannot run here, and why, before any row
-    summary, started = Summary(), time.monotonic()
+    summary, started = Summary(max_cost=max_cost), time.monotonic()
     with _Sink(output_path, errors_path, restart, stdout) as sink:
         bar = progress_bar(total, len(sink.done), desc=job.name)
         while wave := list(itertools.islice(rows, concurrency)):
+            if max_cost is not None and summary.cost >= max_cost:
+                summary.stopped = any(item[0] not in sink.done
+                                      for item in itertools.chain(wave, rows))
+                break
             bar.update(await _run_wave(job, wave, sink, summary))
         bar.close()
     summary.seconds = time.monotonic() - started
@@ -234,6 +277,8 @@ async def _run_wave(job: Job, wave: list[tuple[int, int, Any]], sink: _Sink,
     outcomes = await job.arun_batch([row for _, _, row in good])
     for (index, lineno, row), outcome in zip(good, outcomes, strict=True):
         summary.engines.update(outcome.served_by)
+        for call in outcome.calls:
+            summary.costs[call.served_by] = summary.costs.get(call.served_by, 0.0) + call.cost.usd
         usage = outcome.usage
         summary.tokens.update(prompt_tokens=usage.prompt_tokens,
                               completion_tokens=usage.completion_tokens)

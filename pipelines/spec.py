@@ -37,6 +37,7 @@ from pydantic import (
 from inferline.core.configs import GenerationParams
 from inferline.errors import ConfigurationError
 from inferline.settings.loader import Lines, read_yaml, validation_error
+from inferline.settings.model import CacheSettings
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a field name a template can use
 
@@ -75,6 +76,8 @@ class GenerateSpec(_Spec):
     engines: list[str] | None = Field(default=None, min_length=1)
     generation: GenerationParams = GenerationParams()
     output: str | None = Field(default=None, pattern=_NAME)  # default: the pipeline's output
+    #: this step's response cache, over its chain's and engines' (``cache: off``, ``read_only``)
+    cache: CacheSettings | None = None
 
     @model_validator(mode="after")
     def _target(self) -> GenerateSpec:
@@ -103,6 +106,7 @@ class RegexSpec(_Spec):
 class JsonSchemaSpec(_Spec):
     json_schema: dict[str, Any] = Field(alias="schema")
     reask: int = Field(default=0, ge=0, le=5)  # ask the same chain again this many times
+    constrain: bool = False  # engines that can (llama.cpp, vLLM, OpenAI) answer to the schema
 
     @model_validator(mode="after")
     def _valid_schema(self) -> JsonSchemaSpec:
@@ -121,6 +125,7 @@ class ChoiceSpec(_Spec):
     options: list[str] | dict[str, Any] = Field(min_length=1)
     default: Any = None  # when nothing matches; without it, no match is an invalid output
     reask: int = Field(default=0, ge=0, le=5)
+    constrain: bool = False  # engines that can (llama.cpp, vLLM) answer one option exactly
 
 
 class CallableSpec(_Spec):

@@ -3,7 +3,8 @@ the rows still alive and records a row's failure on the row, so other rows go on
 
     TemplateStep   renders the prompt (system + user) from the row's fields
     GenerateStep   runs the prompts through a fallback chain, in one batched call
-    PostprocessStep applies processors to the last generated field; may re-ask the chain
+    PostprocessStep applies processors to the last generated field; may re-ask the chain,
+                   then (``fallback_on: [invalid_output]``) ask the chain's next engines
 
 A whole batch goes through a step at once, so local engines batch and remote
 engines fill their ``num_workers``.
@@ -11,14 +12,24 @@ engines fill their ``num_workers``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferline.core.configs import InferenceConfig
+from inferline.core.configs import GuidedDecodingParams, InferenceConfig
 from inferline.core.types import Conversation, Message, Role
 from inferline.engines.base import Completion, Generator, Usage
-from inferline.errors import InferlineError, OutputValidationError
+from inferline.engines.cache import CachedEngine
+from inferline.errors import (
+    AllEnginesFailedError,
+    Attempt,
+    ConfigurationError,
+    InferlineError,
+    OutputValidationError,
+)
+from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import Processor
 from inferline.pipelines.template import PromptTemplate
 
@@ -36,13 +47,22 @@ class Row:
     error: InferlineError | None = None
     output: dict[str, Any] | None = None  # set when the row has gone through every step
     calls: list[Completion] = field(default_factory=list)  # each generate call's answer
-    prompt: Conversation | None = None  # what the last generate step sent
+    prompt: Conversation | None = None  # what the last generate call sent
+    question: Conversation | None = None  # what the last generate step's template asked
     target: str | None = None  # the field the last generate call wrote
 
     def record(self, output: str, done: Completion) -> None:
         self.fields[output] = done.text
         self.target = output
         self.calls.append(done)
+
+    def reject(self, error: OutputValidationError) -> None:
+        """Mark the last answer's attempt as rejected, saying why and what it was."""
+        done = self.calls[-1]
+        last = done.attempts[-1] if done.attempts else Attempt(done.served_by, None, None, 0.0)
+        done.attempts[-1:] = [dataclasses.replace(
+            last, error=type(error).__name__,
+            message=f"{error.reason}; answer: {error.output[:200]!r}")]
 
     def reask(self, reason: str) -> Conversation:
         """The last exchange, plus a turn that says why its answer was rejected."""
@@ -61,13 +81,19 @@ class Row:
         return Usage(sum(c.usage.prompt_tokens for c in self.calls),
                      sum(c.usage.completion_tokens for c in self.calls))
 
+    @property
+    def cost(self) -> float:
+        """USD over every generate call, rejected answers and re-asks included (all paid)."""
+        return sum((c.cost.usd for c in self.calls), 0.0)
+
     def meta(self) -> dict[str, Any]:
-        """``_meta``: the engine that gave the last answer, every attempt, the tokens."""
+        """``_meta``: the engine that gave the last answer, every attempt, the tokens, the
+        cost."""
         if len(self.calls) == 1:
             return self.calls[0].provenance()
         return {"served_by": self.calls[-1].served_by,
                 "attempts": [a for c in self.calls for a in c.provenance()["attempts"]],
-                "usage": self.usage.as_dict()}
+                "usage": self.usage.as_dict(), "cost": self.cost}
 
 
 def alive(rows: Sequence[Row]) -> list[Row]:
@@ -91,13 +117,24 @@ class GenerateStep:
     def __init__(self, chain: Generator, config: InferenceConfig, output: str) -> None:
         self.chain, self.config, self.output = chain, config, output
 
+    def constrain(self, guided: GuidedDecodingParams,
+                  error: Callable[[str], ConfigurationError]) -> None:
+        """Ask the engines for output ``guided`` allows (a post-processor's ``constrain``)."""
+        if self.config.generation.guided_decoding is not None:
+            raise error("the generate step already sets generation.guided_decoding")
+        self.config = InferenceConfig(generation=self.config.generation.model_copy(
+            update={"guided_decoding": guided}))
+
     async def __call__(self, rows: Sequence[Row]) -> None:
         live = alive(rows)
+        for row in live:
+            row.question = row.prompt
         await self.generate(live, [r.prompt for r in live])  # type: ignore[misc]
 
-    async def generate(self, rows: Sequence[Row], prompts: Sequence[Conversation]) -> None:
+    async def generate(self, rows: Sequence[Row], prompts: Sequence[Conversation],
+                       chain: Generator | None = None) -> None:
         """Run ``prompts[i]`` for ``rows[i]``; each row gets its answer or its error."""
-        outcomes = await self.chain.agenerate(prompts, self.config)
+        outcomes = await (chain or self.chain).agenerate(prompts, self.config)
         for row, prompt, outcome in zip(rows, prompts, outcomes, strict=True):
             if isinstance(outcome, Completion):
                 row.prompt = prompt
@@ -108,22 +145,67 @@ class GenerateStep:
 
 class PostprocessStep:
     """Processors in order on the last generated field. With ``reask`` > 0, a row whose
-    output is invalid is sent back to the same chain with the error, that many times."""
+    output is invalid is sent back to the same engine's chain with the error, that many
+    times. Then, if the chain falls back on ``invalid_output``, the row's question goes to
+    the engines after the one that gave the last answer, each with the same re-asks. Every
+    rejected answer stays in ``_meta.attempts`` as an ``OutputValidationError``."""
 
     def __init__(self, processors: Sequence[Processor], generate: GenerateStep, reask: int) -> None:
         self.processors, self.generate, self.reask = list(processors), generate, reask
 
     async def __call__(self, rows: Sequence[Row]) -> None:
         pending = alive(rows)
+        while pending:
+            pending = await self._fall_back(await self._validate(pending))
+
+    async def _validate(self, rows: list[Row]) -> list[tuple[Row, OutputValidationError]]:
+        """The rows still invalid after their re-asks, with why."""
         for turn in range(self.reask + 1):
-            invalid = [(row, err) for row in pending if (err := self._apply(row)) is not None]
+            invalid = [(row, err) for row in rows if (err := self._apply(row)) is not None]
+            await self._forget([row for row, _ in invalid])
             if not invalid or turn == self.reask:
-                for row, err in invalid:
-                    row.error = err
-                return
-            pending = [row for row, _ in invalid]
-            await self.generate.generate(pending, [row.reask(err.reason) for row, err in invalid])
-            pending = alive(pending)
+                return invalid
+            rows = [row for row, _ in invalid]
+            await self.generate.generate(rows, [row.reask(err.reason) for row, err in invalid])
+            rows = alive(rows)
+        return []
+
+    async def _forget(self, rows: list[Row]) -> None:
+        """Rejected answers leave the response cache, so a rerun asks again."""
+        chain = self.generate.chain
+        asked: defaultdict[CachedEngine, list[Conversation]] = defaultdict(list)
+        for row in rows:
+            engine = chain.member(row.calls[-1].served_by) if isinstance(
+                chain, FallbackChain) else None
+            if isinstance(engine, CachedEngine) and row.prompt is not None:
+                asked[engine].append(row.prompt)
+        for engine, prompts in asked.items():
+            await engine.aforget(prompts, self.generate.config)
+
+    async def _fall_back(self, invalid: list[tuple[Row, OutputValidationError]]) -> list[Row]:
+        """Each invalid row asked again of the engines after the one that answered it; the
+        rows that got an answer (to validate again). A row with no engine left fails."""
+        chain = self.generate.chain
+        groups: dict[str, tuple[FallbackChain, list[Row]]] = {}
+        for row, err in invalid:
+            rest = None
+            if isinstance(chain, FallbackChain) and "invalid_output" in chain.settings.fallback_on:
+                rest = chain.after(row.calls[-1].served_by)
+            if rest is None:
+                row.error = err
+            else:
+                groups.setdefault(rest.name, (rest, []))[1].append(row)
+        answered = []
+        for rest, rows in groups.values():
+            rejected = {row.index: [a for c in row.calls for a in c.attempts] for row in rows}
+            await self.generate.generate(rows, [row.question for row in rows],  # type: ignore[misc]
+                                         chain=rest)
+            for row in rows:
+                if isinstance(row.error, AllEnginesFailedError):
+                    row.error = AllEnginesFailedError(chain.name, rejected[row.index]
+                                                      + row.error.attempts)
+            answered += alive(rows)
+        return answered
 
     def _apply(self, row: Row) -> OutputValidationError | None:
         value = row.fields[row.target]  # type: ignore[index]
@@ -131,6 +213,7 @@ class PostprocessStep:
             for process in self.processors:
                 value = process(value)
         except OutputValidationError as exc:
+            row.reject(exc)
             return exc
         row.fields[row.target] = value  # type: ignore[index]
         return None

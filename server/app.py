@@ -4,12 +4,14 @@
     web.run_app(app, host="127.0.0.1", port=8000)
 
 Middlewares, outermost first: access log + error translation (every error leaves
-as OpenAI-style JSON, never a traceback), API-key auth, then limits (body size,
+as OpenAI-style JSON, Anthropic-style under ``/v1/messages``, never a traceback),
+API-key auth, daily spend caps per key (``server.budgets``), then limits (body size,
 deadline, concurrency). The catalogs belong to the caller, who closes them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -18,8 +20,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from inferline.engines import _wait as waits
 from inferline.errors import InferlineError
 from inferline.server.auth import ApiKeys, auth_middleware
+from inferline.server.budgets import BUDGETS, Budgets, SpendStore, budget_middleware
 from inferline.server.context import LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for, http_error
 from inferline.server.gateway import GATEWAY, Catalog, Gateway
@@ -32,18 +36,26 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+WORKER_HEADER = "x-inferline-worker"  # the pid of the process that answered
+#: milliseconds this request spent in the gateway, not waiting on an engine
+OVERHEAD_HEADER = "x-inferline-overhead-ms"
+
 
 def create_app(chains: Catalog[Generator], engines: Catalog[Generator],
                pipelines: Catalog[Any] | None,
                settings: ServerSettings, *, log_settings: LogSettings | None = None,
-               keys: ApiKeys | None = None) -> web.Application:
-    """The gateway over these catalogs. Keys default to those the settings name."""
+               keys: ApiKeys | None = None,
+               spend_store: SpendStore | None = None) -> web.Application:
+    """The gateway over these catalogs. Keys default to those the settings name; spend
+    per key is counted in ``spend_store`` (Redis: every replica) or in memory."""
     full = InferlineSettings(server=settings, log=log_settings or LogSettings())
     gateway = Gateway(chains, engines, pipelines, full)
     keys = keys if keys is not None else ApiKeys.from_env(settings.api_key_env_varnames)
+    budgets = Budgets(settings.budgets, keys, store=spend_store)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
-        access_middleware, auth_middleware(keys), limits_middleware(settings, gateway.in_flight)])
-    app[GATEWAY] = gateway
+        access_middleware, auth_middleware(keys), budget_middleware(budgets),
+        limits_middleware(settings, gateway.in_flight)])
+    app[GATEWAY], app[BUDGETS] = gateway, budgets
     add_routes(app)
     return app
 
@@ -51,30 +63,37 @@ def create_app(chains: Catalog[Generator], engines: Catalog[Generator],
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One ``http_request`` log event and metric per request; errors as JSON."""
-    started = time.monotonic()
+    started, waited = time.perf_counter(), waits.start()
     request[REQUEST_ID] = request.headers.get("x-request-id") or uuid.uuid4().hex
     request[LOG_FIELDS] = {}
     response = await _answer(request, handler)
+    if waited[0]:  # it called an engine: our own time is the rest
+        overhead = time.perf_counter() - started - waited[0]
+        request.app[GATEWAY].metrics.overhead.observe(overhead)
+        if not response.prepared:  # (a stream's headers left before its end)
+            response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
     response.headers.setdefault("x-request-id", request[REQUEST_ID])
-    _observe(request, response.status, time.monotonic() - started)
+    response.headers.setdefault(WORKER_HEADER, str(os.getpid()))  # which of the workers
+    _observe(request, response.status, time.perf_counter() - started)
     return response
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path  # the error's shape follows the API: OpenAI's, or Anthropic's
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        return exc.response(path)
     except web.HTTPException as exc:
-        return http_error(exc).response()
+        return http_error(exc).response(path)
     except InferlineError as exc:
-        return api_error_for(exc).response()
+        return api_error_for(exc).response(path)
     except TimeoutError:
         timeout = request.app[GATEWAY].settings.server.request_timeout_s
-        return ApiError(504, f"request took over {timeout}s", code="timeout").response()
+        return ApiError(504, f"request took over {timeout}s", code="timeout").response(path)
     except Exception:
-        log.exception("request_crashed", request_id=request[REQUEST_ID], path=request.path)
-        return ApiError(500, "internal server error", code="internal_error").response()
+        log.exception("request_crashed", request_id=request[REQUEST_ID], path=path)
+        return ApiError(500, "internal server error", code="internal_error").response(path)
 
 
 def _observe(request: web.Request, status: int, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""Bearer API keys, read from the environment variables the settings name.
+"""API keys, read from the environment variables the settings name, sent as
+``Authorization: Bearer KEY`` (OpenAI clients) or ``x-api-key: KEY`` (Anthropic clients).
 
     keys = ApiKeys.from_env(["INFERLINE_API_KEY"])   # ConfigurationError if one is unset
     check_bind("0.0.0.0", keys, allow_public=False)   # ConfigurationError: refuses
@@ -48,19 +49,26 @@ class ApiKeys:
     def accepts(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries one of the keys."""
         scheme, _, token = (header or "").partition(" ")
-        given = token.strip().encode()
+        return self.accepts_key(token) and scheme.lower() == "bearer"
+
+    def accepts_key(self, token: str | None) -> bool:
+        """Whether ``token`` (an ``x-api-key`` header, say) is one of the keys."""
+        given = (token or "").strip().encode()
         # every key is compared, so timing says nothing about which one nearly matched
         matches = [hmac.compare_digest(given, key.get_secret_value()) for key in self._keys]
-        return scheme.lower() == "bearer" and any(matches)
+        return any(matches)
 
 
 def auth_middleware(keys: ApiKeys) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if keys and request.path not in OPEN_PATHS and not keys.accepts(
-                request.headers.get("Authorization")):
-            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        headers = request.headers
+        if keys and request.path not in OPEN_PATHS and not (
+                keys.accepts(headers.get("Authorization"))
+                or keys.accepts_key(headers.get("x-api-key"))):
+            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY' "
+                           "or 'x-api-key: KEY')", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
     return authenticate
 

@@ -18,9 +18,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from inferline.core.cost import FREE
 from inferline.core.types import Conversation
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
+from inferline.engines.cache import apply_cache_control
 from inferline.errors import AllEnginesFailedError, EngineError, InferlineError
+from inferline.server.budgets import spend
 from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
 from inferline.server.gateway import GATEWAY, Gateway
@@ -30,6 +33,7 @@ from inferline.server.openai_api import (
     completion_body,
     new_completion_id,
     parse_chat_request,
+    tool_call_delta,
 )
 from inferline.server.sse import SseWriter
 
@@ -42,22 +46,25 @@ async def read_json(request: web.Request) -> Any:
     """The decoded body; ``ApiError(400)`` saying where it stops being JSON, or that it is
     nested over 100 levels deep (encoders further on give up: orjson at 255)."""
     raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
-    too_deep = ApiError(400, "the request body is nested too deeply (over 100 levels)",
-                        code="invalid_json")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}",
                        code="invalid_json") from None
     except RecursionError:  # the decoder recurses once per nested [ or {
-        raise too_deep from None
+        raise _too_deep() from None
     level = [body]
     for _ in range(100):  # each pass goes one level down, without recursing
         level = [v for x in level if isinstance(x, (dict, list))
                  for v in (x.values() if isinstance(x, dict) else x)]
-    if level:
-        raise too_deep
-    return body
+        if not level:
+            return body
+    raise _too_deep()
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "the request body is nested too deeply (over 100 levels)",
+                    code="invalid_json")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -65,6 +72,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = parse_chat_request(await read_json(request))
     engine = gw.model(req.model)
     request[LOG_FIELDS].update(model=req.model, stream=req.stream)
+    apply_cache_control(request.headers.get("Cache-Control"))  # no-cache, no-store
     if req.stream:
         return await stream_chat(request, gw, engine, req)
     async with asyncio.timeout_at(request[DEADLINE]):
@@ -126,17 +134,22 @@ class _Stream:
         if chunk.text:
             self.text.append(chunk.text)
             await self.sse.send(self._chunk({"content": chunk.text}))
+        if chunk.tool_calls:
+            await self.sse.send(self._chunk({"tool_calls": [tool_call_delta(d)
+                                                            for d in chunk.tool_calls]}))
         last = self.last
         last.served_by = chunk.served_by or last.served_by
         last.finish_reason = chunk.finish_reason or last.finish_reason
         last.usage = chunk.usage or last.usage
         last.attempts = chunk.attempts or last.attempts
+        last.cost = chunk.cost or last.cost
 
     def done(self, default_engine: str) -> Completion:
         """What was streamed, as a completion (for provenance and metrics)."""
         last = self.last
         return Completion("", last.finish_reason, last.usage or Usage(),
-                          last.served_by or default_engine, last.attempts or [])
+                          last.served_by or default_engine, last.attempts or [],
+                          cost=last.cost or FREE)
 
     async def finish(self, served: dict[str, Any]) -> web.StreamResponse:
         if not self.sse.started:  # an engine that said nothing at all
@@ -160,14 +173,16 @@ class _Stream:
 
 
 def _public(served: dict[str, Any]) -> dict[str, Any]:
-    """The ``inferline`` field of an answer: who served it, and every attempt."""
-    return {"served_by": served["served_by"], "attempts": served["attempts"]}
+    """The ``inferline`` field of an answer: who served it, every attempt, its cost."""
+    return {"served_by": served["served_by"], "attempts": served["attempts"],
+            "cost": served["cost"]}
 
 
 def record_success(request: web.Request, gw: Gateway, req: ChatRequest,
                    served: dict[str, Any]) -> None:
     gw.metrics.observe_attempts(req.model, served["attempts"])
     gw.metrics.observe_usage(served["served_by"], served["usage"])
+    spend(request, served["served_by"], served["cost"])
     request[LOG_FIELDS].update(served_by=served["served_by"],
                                attempts=len(served["attempts"]), usage=served["usage"])
 

@@ -5,7 +5,9 @@
     api_error_for(exc)   # any InferlineError -> ApiError with the right status
 
 Every error body has the shape ``{"error": {"message", "type", "param", "code"}}``;
-a chain that failed everywhere adds ``"attempts"``. No body ever carries a traceback.
+a chain that failed everywhere adds ``"attempts"``. Under ``/v1/messages`` the shape is
+Anthropic's, ``{"type": "error", "error": {"type", "message"}}``, so Claude SDKs parse it:
+``error.response(request.path)`` picks. No body ever carries a traceback.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ OPENAI_PARAM = {"max_new_tokens": "max_tokens", "stop_strings": "stop",
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
           503: "service_unavailable", 504: "timeout_error"}
+#: HTTP status -> Anthropic's error type (other 4xx: invalid_request_error, 5xx: api_error)
+_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error", 504: "timeout_error"}
+ANTHROPIC_PATH = "/v1/messages"
 
 
 class ApiError(Exception):
@@ -52,9 +59,17 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code, **self.extra}}
 
-    def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers,
-                                 dumps=json.dumps)
+    def anthropic_body(self) -> dict[str, Any]:
+        """The same error as Anthropic's API words it (extra fields such as attempts kept)."""
+        kind = _ANTHROPIC_TYPES.get(self.status) or (
+            "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message, **self.extra}}
+
+    def response(self, path: str = "") -> web.Response:
+        """The JSON answer, in the shape of the API that serves ``path``."""
+        anthropic = path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+        return web.json_response(self.anthropic_body() if anthropic else self.body(),
+                                 status=self.status, headers=self.headers, dumps=json.dumps)
 
 
 def api_error_for(exc: InferlineError) -> ApiError:

@@ -2,7 +2,7 @@
 
     app.middlewares.append(limits_middleware(settings.server, gateway.in_flight))
 
-Inference routes (``/v1/chat/...``, ``/v1/pipelines/...``) count against
+Inference routes (``/v1/chat/...``, ``/v1/messages``, ``/v1/pipelines/...``) count against
 ``max_concurrency``; one more is answered at once with 429 and ``Retry-After``
 rather than queued, so a saturated server sheds load instead of piling it up.
 Handlers bound their work with ``asyncio.timeout_at(request[DEADLINE])``.
@@ -19,7 +19,7 @@ from inferline.server.context import DEADLINE
 from inferline.server.errors import ApiError
 from inferline.settings.model import ServerSettings
 
-LIMITED_PREFIXES = ("/v1/chat/", "/v1/pipelines/")
+LIMITED_PREFIXES = ("/v1/chat/", "/v1/messages", "/v1/pipelines/")
 RETRY_AFTER_S = 1
 
 

@@ -5,6 +5,7 @@
     >>> metrics.observe_attempts("default", [{"engine": "vllm", "error": "EngineUnavailableError"},
     ...                                      {"engine": "openai", "error": None}])
     >>> metrics.observe_usage("openai", {"prompt_tokens": 12, "completion_tokens": 3})
+    >>> metrics.observe_cost("openai", 0.0000036)
     >>> text = metrics.exposition().decode()   # text format for GET /metrics
     >>> 'inferline_fallbacks_total{failed_engine="vllm",model="default"} 1.0' in text
     True
@@ -29,7 +30,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """Requests, latency, fallbacks, per-engine errors and tokens."""
+    """Requests, latency, fallbacks, per-engine errors, tokens and cost."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -47,6 +48,13 @@ class Metrics:
                                      ["engine", "error"], registry=reg)
         self.tokens = Counter("inferline_tokens", "Tokens processed, by engine and kind.",
                               ["engine", "kind"], registry=reg)
+        self.overhead = Histogram(
+            "inferline_gateway_overhead_seconds", "Time a request that called an engine spent "
+            "in the gateway, not waiting on the engine (queue wait included).",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+            registry=reg)
+        self.cost = Counter("inferline_cost", "USD spent, by engine (prices from settings; "
+                            "cache hits and replays cost 0).", ["engine"], registry=reg)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -64,6 +72,9 @@ class Metrics:
         if usage:
             self.tokens.labels(engine, "prompt").inc(usage.get("prompt_tokens") or 0)
             self.tokens.labels(engine, "completion").inc(usage.get("completion_tokens") or 0)
+
+    def observe_cost(self, engine: str, usd: float | None) -> None:
+        self.cost.labels(engine).inc(usd or 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,9 +11,13 @@ Request fields:
   ``presence_penalty``, ``logit_bias``, ``response_format`` (``json_schema`` and
   ``json_object`` -> guided_decoding), ``stream``, ``stream_options.include_usage``,
   and the vLLM extensions ``top_k``, ``min_p``. ``n`` may only be 1, ``logprobs`` only false.
+* tool calling: ``tools`` (functions), ``tool_choice`` ("none", "auto", "required" or a
+  named function), assistant messages with ``tool_calls`` and ``tool`` messages with
+  ``tool_call_id``; answers carry ``tool_calls`` (finish_reason "tool_calls"), streamed as
+  OpenAI's tool-call deltas. Engines that cannot call tools are skipped for such requests.
 * ignored (no effect on the answer): ``user``, ``metadata``, ``store``, ``service_tier``,
   ``parallel_tool_calls``, ``prompt_cache_key``, ``safety_identifier``.
-* every other field is rejected with 400 and ``param`` naming it (tools, audio, ...).
+* every other field is rejected with 400 and ``param`` naming it (audio, functions, ...).
 """
 
 from __future__ import annotations
@@ -29,15 +33,24 @@ from inferline.core.configs import (
     GenerationParams,
     GuidedDecodingParams,
     InferenceConfig,
+    ToolSpec,
 )
-from inferline.core.types import ContentItem, ContentType, Conversation, Message, Role
+from inferline.core.types import (
+    ContentItem,
+    ContentType,
+    Conversation,
+    Message,
+    Role,
+    ToolCall,
+    ToolCallDelta,
+)
 from inferline.engines.base import Completion
 from inferline.server.errors import ApiError
 
 IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
                             "prompt_cache_key", "safety_identifier"})
 _ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER,
-          "assistant": Role.ASSISTANT}
+          "assistant": Role.ASSISTANT, "tool": Role.TOOL}
 
 
 class _Strict(BaseModel):
@@ -64,15 +77,63 @@ class ContentPart(_Strict):
         return ContentItem(type=ContentType.IMAGE_URL, content=self.image_url.url)
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ChatToolCall(_Strict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None  # accepted, not used
+    tool_calls: list[ChatToolCall] | None = None  # assistant turns only
+    tool_call_id: str | None = None  # tool turns only: the call this result answers
 
     def message(self) -> Message:
         content = self.content or ""
         items = [part.item() for part in content] if isinstance(content, list) else content
-        return Message(role=_ROLES[self.role], content=items)
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ApiError(400, "a tool message, and only a tool message, has tool_call_id",
+                           param="messages.tool_call_id", code="invalid_value")
+        if self.tool_calls and self.role != "assistant":
+            raise ApiError(400, "only assistant messages have tool_calls",
+                           param="messages.tool_calls", code="invalid_value")
+        calls = [ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                 for c in self.tool_calls] if self.tool_calls else None
+        return Message(role=_ROLES[self.role], content=items, tool_calls=calls,
+                       tool_call_id=self.tool_call_id)
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+    def spec(self) -> ToolSpec:
+        f = self.function
+        params = {} if f.parameters is None else {"parameters": f.parameters}
+        return ToolSpec(name=f.name, description=f.description, strict=f.strict, **params)
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ResponseFormat(_Strict):
@@ -117,6 +178,8 @@ class ChatRequest(_Strict):
     n: Literal[1] | None = None
     logprobs: Literal[False] | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -141,6 +204,14 @@ class ChatRequest(_Strict):
             fields["stop_strings"] = [self.stop] if isinstance(self.stop, str) else self.stop
         if self.response_format is not None and (guided := self.response_format.guided()):
             fields["guided_decoding"] = guided
+        if self.tools:
+            fields["tools"] = [tool.spec() for tool in self.tools]
+        if (choice := self.tool_choice) is not None:
+            fields["tool_choice"] = choice if isinstance(choice, str) else choice.function.name
+            if not (isinstance(choice, str) or any(
+                    t.function.name == fields["tool_choice"] for t in self.tools or ())):
+                raise ApiError(400, f"tool_choice names {fields['tool_choice']!r}, which is not "
+                               "in tools", param="tool_choice", code="invalid_value")
         return fields
 
     @property
@@ -195,11 +266,29 @@ def completion_body(model: str, done: Completion) -> dict[str, Any]:
     served = done.provenance()
     return {"id": new_completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "logprobs": None,
-                         "message": {"role": "assistant", "content": done.text},
+            "choices": [{"index": 0, "logprobs": None, "message": answer_message(done),
                          "finish_reason": done.finish_reason or "stop"}],
             "usage": served["usage"],
-            "inferline": {"served_by": done.served_by, "attempts": served["attempts"]}}
+            "inferline": {"served_by": done.served_by, "attempts": served["attempts"],
+                          "cost": served["cost"]}}
+
+
+def answer_message(done: Completion) -> dict[str, Any]:
+    """The assistant message: its text, and its tool calls (content null if it has none)."""
+    if not done.tool_calls:
+        return {"role": "assistant", "content": done.text}
+    return {"role": "assistant", "content": done.text or None, "tool_calls": [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in done.tool_calls]}
+
+
+def tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """One streamed piece of a tool call: its id and name come with its first piece."""
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    if delta.id is None:
+        return {"index": delta.index, "function": function}
+    return {"index": delta.index, "id": delta.id, "type": "function",
+            "function": {"name": delta.name, **function}}
 
 
 def chunk_body(cid: str, created: int, model: str, delta: dict[str, Any],

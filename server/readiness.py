@@ -6,6 +6,9 @@ the reason).
     #   "cloud": {"state": "unavailable", "reason": "API key variable OPENAI_API_KEY is not set"}}}
 
 ``available`` means the engine's preflight passed and it loads on first use.
+With breakers shared by replicas (``state: {backend: redis}``) the circuits shown are the
+shared ones, and ``state`` says whether the store answers (``degraded``: this replica
+serves on its local state; still ready).
 Preflight is cheap (packages, files, keys, memory): nothing is loaded here.
 """
 
@@ -15,6 +18,7 @@ import asyncio
 from typing import Any
 
 from inferline.errors import ConfigurationError, EngineUnavailableError
+from inferline.pipelines.breaker import Breakers
 
 PREFLIGHT_TIMEOUT_S = 5.0
 SERVING_STATES = frozenset({"loaded", "available"})
@@ -27,7 +31,10 @@ async def readiness(engines: Any, breakers: dict[str, Any] | None = None,
     ``breakers`` maps engine names to the fallback chains' circuit breakers; ``retired``
     names the engines a chain took out of service (a failed preflight or load), with why.
     """
-    breakers, retired = breakers or {}, retired or {}
+    breakers, retired = breakers if breakers is not None else {}, retired or {}
+    store = breakers.store if isinstance(breakers, Breakers) else None
+    if isinstance(breakers, Breakers):  # the shared circuits, or the local ones if unreachable
+        breakers = await breakers.refresh(engines.names()) or breakers
     states: dict[str, dict[str, Any]] = {}
     for name in engines.names():
         breaker = breakers.get(name)
@@ -39,7 +46,8 @@ async def readiness(engines: Any, breakers: dict[str, Any] | None = None,
         else:
             states[name] = await engine_state(engines, name)
     ready = any(s["state"] in SERVING_STATES for s in states.values())
-    return {"ready": ready, "engines": states}
+    body = {"ready": ready, "engines": states}
+    return body if store is None else {**body, "state": store.status()}
 
 
 async def engine_state(engines: Any, name: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""The gateway's routes other than chat: pipelines, models, health, readiness, metrics.
+"""The gateway's routes other than chat and messages: pipelines, models, health, readiness,
+metrics.
 
-    add_routes(app)   # registers every route, chat included
+    add_routes(app)   # registers every route, chat and messages included
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from inferline.errors import InferlineError
+from inferline.server.budgets import spend
 from inferline.server.chat import (
     ENGINE_HEADER,
     chat_completions,
@@ -21,6 +23,7 @@ from inferline.server.chat import (
 from inferline.server.context import DEADLINE, LOG_FIELDS
 from inferline.server.errors import ApiError
 from inferline.server.gateway import GATEWAY
+from inferline.server.messages import messages
 from inferline.server.metrics import CONTENT_TYPE
 from inferline.server.readiness import readiness
 
@@ -45,6 +48,7 @@ async def run_pipeline(request: web.Request) -> web.Response:
     served_by = meta.get("served_by") or ""
     gw.metrics.observe_attempts(f"pipeline:{name}", meta.get("attempts") or [])
     gw.metrics.observe_usage(served_by, meta.get("usage"))
+    spend(request, served_by, meta.get("cost") or 0.0)  # a row's cost, under its last engine
     request[LOG_FIELDS].update(served_by=served_by)
     return web.json_response(out, headers={ENGINE_HEADER: served_by} if served_by else None)
 
@@ -86,6 +90,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/pipelines/{name}", run_pipeline)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)

@@ -10,8 +10,10 @@ rest are cancelled.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -21,22 +23,30 @@ from inferline.errors import ConfigurationError
 log = structlog.get_logger(__name__)
 
 
-async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s: float) -> None:
-    """Serve ``app`` on ``host:port`` (port 0: any free port) until a stop signal."""
+async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s: float,
+                reuse_port: bool = False, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve ``app`` on ``host:port`` (port 0: any free port) until a stop signal.
+
+    ``reuse_port``: share the port with other processes (``inferline serve --workers``);
+    ``on_ready(url)`` is told once it listens (by default the URL is printed).
+    """
     # aiohttp reads a timeout of 0 as "wait forever"; 0 here means "do not wait"
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=max(shutdown_grace_s, 0.001))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:  # address in use, not ours to bind, ...
             raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                      key="server.port") from None
         url = _url(site)
-        log.info("server_started", url=url, grace_s=shutdown_grace_s)
-        print(f"inferline: serving on {url}", file=sys.stderr, flush=True)
+        log.info("server_started", url=url, grace_s=shutdown_grace_s, pid=os.getpid())
+        if on_ready is None:
+            print(f"inferline: serving on {url}", file=sys.stderr, flush=True)
+        else:
+            on_ready(url)
         await _wait_for_signal()
         log.info("server_draining", grace_s=shutdown_grace_s)
     finally:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,10 +21,44 @@ from inferline.core.configs import (
     ModelParams,
     RemoteParams,
 )
+from inferline.core.cost import Price
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+CacheMode = Literal["off", "read_write", "read_only", "write_only"]
+
+
+class CacheSettings(_Section):
+    """An exact response cache (``engines/cache.py``); off unless an engine, chain or
+    pipeline step sets one. A bare mode is short for ``{mode: ...}``: ``cache: off``.
+
+        cache: {backend: disk, mode: read_write, ttl_s: 86400}
+        cache: {backend: redis, url: "redis://127.0.0.1:6379/0"}
+    """
+
+    backend: Literal["disk", "redis"] = "disk"
+    mode: CacheMode = "read_write"
+    ttl_s: float | None = Field(default=None, gt=0)  # None: entries never expire
+    path: str | None = None  # disk: the folder (default: <INFERLINE_DATA_DIR>/responses)
+    url: str = "redis://127.0.0.1:6379/0"  # redis
+    prefix: str = "inferline:cache:"  # redis: key prefix
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mode(cls, value: Any) -> Any:
+        return _mode_mapping(value)
+
+
+def _mode_mapping(value: Any) -> Any:
+    """``off`` (which YAML reads as false), ``record``, ... -> ``{"mode": ...}``."""
+    if isinstance(value, dict) and value.get("mode") is False:
+        return {**value, "mode": "off"}
+    if value is False or isinstance(value, str):
+        return {"mode": value or "off"}
+    return value
 
 
 class EngineSettings(_Section):
@@ -36,6 +70,9 @@ class EngineSettings(_Section):
     remote_params: RemoteParams | None = None
     #: on first load, ask a known question and refuse the engine if it answers wrongly
     self_check: bool = False
+    cache: CacheSettings | None = None  # an exact response cache for this engine
+    #: USD per million input/output tokens (cloud) or per second of wall time (local)
+    price: Price = Price()
 
     @field_validator("type", mode="before")
     @classmethod
@@ -48,7 +85,7 @@ class CircuitBreakerSettings(_Section):
     cooldown_s: float = Field(default=30.0, ge=0)  # open this long, then one trial call
 
 
-FallbackOn = Literal["unavailable", "retryable", "fatal"]
+FallbackOn = Literal["unavailable", "retryable", "fatal", "invalid_output"]
 
 
 class ChainSettings(_Section):
@@ -62,6 +99,7 @@ class ChainSettings(_Section):
     fallback_on: list[FallbackOn] = ["unavailable", "retryable"]
     max_attempts: int | None = Field(default=None, ge=1)  # total, across engines; None = one each
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    cache: CacheSettings | None = None  # for this chain's engines (over theirs)
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +118,19 @@ class PipelineSettings(_Section):
     allowed_modules: list[str] = []  # module prefixes a `callable` post-processor may import from
 
 
+class BudgetSettings(_Section):
+    """The gateway's spend caps, in USD per API key per UTC day (``server/budgets.py``).
+    A key is named by the variable that holds it, never by its value.
+
+        budgets: {per_key_per_day: 5.0, keys: {TEAM_A_KEY: 20.0}}
+    """
+
+    #: every key's cap (without keys: the whole server's); None = no cap
+    per_key_per_day: float | None = Field(default=None, ge=0)
+    #: caps of single keys, by their variable (one of ``server.api_key_env_varnames``)
+    keys: dict[str, Annotated[float, Field(ge=0)]] = {}
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -89,6 +140,34 @@ class ServerSettings(_Section):
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)  # in-flight requests; beyond: 429 + Retry-After
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    workers: int = Field(default=1, ge=1)  # processes serving one port (SO_REUSEPORT)
+    budgets: BudgetSettings = BudgetSettings()  # spend caps per API key per day
+
+    @model_validator(mode="after")
+    def _budgets_name_keys(self) -> ServerSettings:
+        unknown = sorted(set(self.budgets.keys) - set(self.api_key_env_varnames))
+        if unknown:
+            raise ValueError(f"budgets.keys names {unknown[0]!r}, which is not one of "
+                             "server.api_key_env_varnames")
+        return self
+
+
+class StateSettings(_Section):
+    """Where gateway replicas share circuit breakers and rate limits: ``memory`` (each
+    process alone) or ``redis`` (``server/state.py``).
+
+        state: {backend: redis, url: "${REDIS_URL}"}
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = None  # redis://[:password@]host:port/db
+    prefix: str = "inferline:"  # redis: key prefix (deployments sharing one Redis differ here)
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StateSettings:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs a url (redis://host:port/db)")
+        return self
 
 
 class InferlineSettings(_Section):
@@ -100,6 +179,17 @@ class InferlineSettings(_Section):
     chains: dict[str, ChainSettings] = {}
     pipelines: PipelineSettings = PipelineSettings()
     server: ServerSettings = ServerSettings()
+    state: StateSettings = StateSettings()  # what gateway replicas share
+    #: record every engine exchange into ``replay_cassette``, or serve them from it
+    #: (``engines/replay.py``): ``INFERLINE_REPLAY=record``; two flat keys, so a variable
+    #: for one keeps the other from the settings file
+    replay: Literal["off", "record", "replay"] = "off"
+    replay_cassette: str = "inferline.cassette.jsonl"  # JSONL; INFERLINE_REPLAY_CASSETTE
+
+    @field_validator("replay", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare off as false
 
     @model_validator(mode="after")
     def _chains_name_engines(self) -> InferlineSettings:

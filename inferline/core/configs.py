@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import Enum
 from typing import Any
 
@@ -76,6 +77,9 @@ class GuidedDecodingParams(_Params):
     json_schema: dict[str, Any] | None = Field(default=None, alias="json")
     regex: str | None = None
     choice: list[str] | None = None
+    #: False: an engine that cannot constrain answers unconstrained, instead of refusing the
+    #: request (a pipeline's ``constrain: true``, where validation and re-asks stay the net)
+    required: bool = True
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -86,8 +90,27 @@ class GuidedDecodingParams(_Params):
         return self
 
 
+class ToolSpec(_Params):
+    """A function the model may call: its name, what it does, and a JSON schema of its
+    arguments (OpenAI's ``function``; Anthropic's ``input_schema``)."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    strict: bool | None = None  # OpenAI's: arguments must follow ``parameters`` exactly
+
+
+#: tool_choice values that name no function (any other value names the function to call)
+TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
+
+
 class GenerationParams(_Params):
-    """Sampling. Defaults mean "not asked for"; engines refuse non-defaults they can't honour."""
+    """Sampling. Defaults mean "not asked for"; engines refuse non-defaults they can't honour.
+
+    ``tools`` (with ``tool_choice``: "auto", "none", "required", or the name of the tool
+    to call) go only to engines that can call tools (``can_call_tools``); others refuse
+    the request, and a chain moves on.
+    """
 
     max_new_tokens: int = Field(default=256, gt=0)
     temperature: float = Field(default=0.0, ge=0)
@@ -104,11 +127,21 @@ class GenerationParams(_Params):
     skip_special_tokens: bool = True
     # local engines: conversations per forward batch
     batch_size: int | None = Field(default=None, gt=0)
+    tools: list[ToolSpec] | None = None
+    tool_choice: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_choice(self) -> GenerationParams:
+        choice = self.tool_choice
+        if choice is not None and choice not in TOOL_CHOICE_MODES and (
+                choice not in {t.name for t in self.tools or ()}):
+            raise ValueError(f"tool_choice {choice!r} names no tool in tools")
+        return self
 
     def non_default(self) -> dict[str, Any]:
         """The fields set to something other than their default."""
-        return {name: getattr(self, name) for name, field in type(self).model_fields.items()
-                if getattr(self, name) != field.get_default(call_default_factory=True)}
+        return {name: value for name, default in _defaults(type(self)).items()
+                if (value := getattr(self, name)) != default}
 
 
 class InferenceConfig(_Params):
@@ -120,3 +153,10 @@ class InferenceConfig(_Params):
     engine: InferenceEngineType | None = None
     input_path: str | None = None
     output_path: str | None = None
+
+
+@functools.cache
+def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """Each field's default, made once (they are compared, never handed out)."""
+    return {name: field.get_default(call_default_factory=True)
+            for name, field in cls.model_fields.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,46 @@ class ContentItem(BaseModel):
         return self.type is not ContentType.TEXT
 
 
+class ToolCall(BaseModel):
+    """A function call an assistant asked for: ``arguments`` is JSON text, as the model wrote it.
+
+    >>> ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}').name
+    'get_weather'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first piece of call ``index`` (0, 1, ... in the
+    order the calls start) has its ``id`` and ``name``, later ones more ``arguments`` text
+    (joined in order, they make the JSON)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class Message(BaseModel):
-    """One turn. ``content`` is a string, or a list of text and image items."""
+    """One turn. ``content`` is a string, or a list of text and image items.
+
+    An assistant turn may carry ``tool_calls``; a ``tool`` turn answers one of them, named
+    by ``tool_call_id``, with its result as ``content``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Role
     content: str | list[ContentItem] = ""
     id: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:

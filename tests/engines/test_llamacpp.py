@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -17,6 +20,7 @@ from inferline.errors import (
     EngineUnavailableError,
     FatalEngineError,
     UnsupportedParameterError,
+    UnsupportedRequestError,
 )
 from tests.engines import local_checks as check
 
@@ -97,11 +101,58 @@ def test_unsupported_generation_parameter() -> None:
 
 
 async def test_unsupported_parameter_per_call_is_refused(engine: LlamaCppInferenceEngine) -> None:
-    with pytest.raises(UnsupportedParameterError, match="guided_decoding"):
-        await engine.ainfer([check.CAPITAL], check.config(guided_decoding={"regex": "a+"}))
+    with pytest.raises(UnsupportedParameterError, match="stop_token_ids"):
+        await engine.ainfer([check.CAPITAL], check.config(stop_token_ids=[2]))
     assert engine.get_supported_params() == {
         "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
-        "presence_penalty", "stop_strings", "seed", "logit_bias", "batch_size"}
+        "presence_penalty", "stop_strings", "seed", "logit_bias", "guided_decoding", "batch_size"}
+
+
+PERSON = Conversation.from_prompt("Alice is 31 years old and lives in Lyon. Describe her.")
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def is_person(text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and set(value) == {"name", "age"} and (
+        isinstance(value["age"], int))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("guided", "valid"), [
+    ({"json": SCHEMA}, lambda text: is_person(text)),
+    ({"regex": r"[A-Z][a-z]+ is \d{1,3}"},
+     lambda text: re.fullmatch(r"[A-Z][a-z]+ is \d{1,3}", text)),
+    ({"choice": ["young", "old", "say \"maybe\""]},
+     lambda text: text in ("young", "old", 'say "maybe"')),
+], ids=["json", "regex", "choice"])
+async def test_guided_decoding_constrains_the_answer(engine: LlamaCppInferenceEngine,
+                                                     guided: dict[str, Any],
+                                                     valid: Any) -> None:
+    free = await check.answer(engine, PERSON, max_new_tokens=24)
+    assert not valid(free), free  # unconstrained, the model writes prose
+    text = await check.answer(engine, PERSON, max_new_tokens=24, guided_decoding=guided)
+    assert valid(text), text
+    [chunks] = [[c async for c in engine.astream(PERSON, check.config(
+        max_new_tokens=24, guided_decoding=guided))]]
+    assert "".join(c.text for c in chunks) == text
+
+
+async def test_guided_decoding_llama_cannot_express_fails_the_request_only(
+        engine: LlamaCppInferenceEngine) -> None:
+    lookahead = check.config(guided_decoding={"regex": "(?=a)b"})
+    with pytest.raises(UnsupportedRequestError, match="guided_decoding.regex.*assert"):
+        await engine.ainfer([PERSON], lookahead)
+    # llama-cpp-python's schema converter writes "\d" into a grammar llama.cpp cannot
+    # parse, which would crash the process: refused instead
+    digits = check.config(guided_decoding={"json": {"type": "string", "pattern": "^\\d+$"}})
+    with pytest.raises(UnsupportedRequestError, match="cannot parse"):
+        await engine.ainfer([PERSON], digits)
+    assert await check.answer(engine, max_new_tokens=16)  # the engine still serves
 
 
 @pytest.mark.slow

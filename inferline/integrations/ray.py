@@ -1,0 +1,279 @@
+"""``inferline run --backend ray``: a pipeline over a JSONL file on a Ray cluster, with the
+fallback chain inside every worker, writing what ``inferline run`` writes.
+
+    from inferline.integrations.ray import run_file
+    summary = run_file("capital-quiz", "rows.jsonl", "out.jsonl", settings="deploy.yaml",
+                       address="auto", workers=4)
+    print("\\n".join(summary.lines()))
+
+Ray Data reads the rows (byte spans of the file, numbered as the local runner numbers
+them) and sends them through a pool of actors (``map_batches(PipelineWorker,
+concurrency=workers)``). Each actor builds the container and the pipeline once, from the
+settings and pipeline the driver resolved, and runs each batch of ``batch_size`` rows as one
+wave: template -> generate through the fallback chain -> post-process. An actor that dies
+is restarted by Ray and its batch is run again.
+
+Resumable by key, as the local runner is (not Ray Data's checkpointing): the driver streams
+the actors' results (``iter_batches``) and appends each row's line, with its ``_row``, to
+the output file, flushed line by line; failed rows go to stderr and the errors file. A
+rerun reads the rows already written and leaves them out of the read, so every row is
+written exactly once across driver and worker crashes; a batch that ran twice (its actor
+died after answering) is written once. Lines come in the order batches finish: ``_row``
+gives the input order.
+
+Resources follow the chain (``actor_resources``): a GPU per actor when a chain leads with
+a local engine on a GPU, a CPU per actor when an engine of a chain runs in process, and a
+quarter of a CPU when every engine is remote (the actor only waits on the network).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from inferline.core.portal import portal
+from inferline.core.types import dumps_row
+from inferline.errors import ConfigurationError, InputError
+from inferline.pipelines.runner import ROW, Summary, _Sink, failure_report, parse_line
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from inferline.pipelines.fallback import FallbackChain
+    from inferline.pipelines.pipeline import Pipeline
+    from inferline.pipelines.spec import PipelineSpec
+    from inferline.pipelines.steps import Row
+    from inferline.settings.model import InferlineSettings
+
+REMOTE_CPUS = 0.25  # what an actor over remote engines only reserves
+SPAN_BATCHES = 16  # batches per read task
+
+
+def run_file(pipeline: str, input_path: str | Path, output_path: str | Path | None = None, *,
+             settings: str | Path | None = None, env: str | None = None,
+             address: str | None = None, workers: int | None = None, batch_size: int = 64,
+             restart: bool = False, errors_path: str | Path | None = None,
+             stdout: IO[str] = sys.stdout) -> Summary:
+    """Run ``pipeline`` (a YAML file or a name) over ``input_path`` on Ray.
+
+    ``address``: a cluster (``auto``, ``ray://host:10001``, ``host:6379``); without one, the
+    Ray this process already joined, or a new local one (stopped at the end). ``workers``:
+    actors (default: one per GPU for a GPU chain, else one per CPU of the cluster). Failed
+    rows reach the driver as text, so ``summary.first_error`` stays None.
+    """
+    ray = _import_ray()
+    if not Path(input_path).is_file():
+        raise ConfigurationError("cannot read input file", file=str(input_path))
+    resolved, built = portal.run(_resolve(pipeline, settings, env))
+    joined = _connect(ray, address)
+    try:
+        return _run(ray, resolved, built, str(input_path), output_path, workers=workers,
+                    batch_size=batch_size, restart=restart, errors_path=errors_path,
+                    stdout=stdout)
+    finally:
+        if joined:
+            ray.shutdown()
+
+
+def actor_resources(chains: Sequence[FallbackChain], cluster_gpus: float) -> dict[str, float]:
+    """What Ray reserves for one actor running ``chains`` (``num_cpus``, ``num_gpus``)."""
+    if any(_on_gpu(chain.engines[0], cluster_gpus) for chain in chains):
+        return {"num_cpus": 1, "num_gpus": 1}
+    if any(getattr(e, "is_local", False) for chain in chains for e in chain.engines):
+        return {"num_cpus": 1}
+    return {"num_cpus": REMOTE_CPUS}
+
+
+def _on_gpu(engine: Any, cluster_gpus: float) -> bool:
+    """Whether a local engine's options put it on a GPU ("auto": if the cluster has one)."""
+    if not getattr(engine, "is_local", False):
+        return False
+    options: Any = getattr(engine, "options", None)
+    if hasattr(options, "device_map"):  # transformers: unset is "auto"
+        device = options.device_map or engine.model_params.device_map or "auto"
+    elif hasattr(options, "n_gpu_layers"):  # llama.cpp: only with layers offloaded
+        device = "auto" if options.n_gpu_layers else "cpu"
+    else:  # vLLM
+        device = getattr(options, "device", "auto")
+    if device == "auto":
+        return cluster_gpus > 0
+    return isinstance(device, dict) or str(device).startswith("cuda")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigurationError(f"the ray backend needs Ray ({exc.name} is missing): "
+                                 "pip install 'inferline[ray]'", key="backend") from None
+    return ray
+
+
+async def _resolve(pipeline: str, settings: str | Path | None,
+                   env: str | None) -> tuple[InferlineSettings, Pipeline]:
+    """The settings and the checked pipeline, as the driver sees them (nothing loaded)."""
+    from inferline.containers import running
+
+    async with running(settings, env=env) as container:
+        return container.settings(), container.pipelines().load(pipeline)
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Join ``address``, or start a local Ray (no dashboard); False if already joined."""
+    if ray.is_initialized():
+        return False
+    local = {"include_dashboard": False} if not address else {}
+    ray.init(address=address, logging_level=logging.WARNING, **local)
+    return True
+
+
+def _run(ray: Any, settings: InferlineSettings, pipeline: Pipeline, input_path: str,
+         output_path: str | Path | None, *, workers: int | None, batch_size: int,
+         restart: bool, errors_path: str | Path | None, stdout: IO[str]) -> Summary:
+    from inferline.core.batch import progress_bar
+    from inferline.integrations._ray_source import JsonlRowsDatasource, scan
+
+    began = time.monotonic()
+    with _Sink(output_path, errors_path, restart, stdout) as sink:
+        total, spans = scan(input_path, sink.done, span_rows=batch_size * SPAN_BATCHES)
+        summary = Summary(rows=total, skipped=total - sum(s.todo for s in spans))
+        bar = progress_bar(total, summary.skipped, desc=pipeline.name)
+        if spans:
+            ds = _dataset(ray, JsonlRowsDatasource(input_path, spans, batch_size), settings,
+                          pipeline, workers=workers, batch_size=batch_size)
+            written = bytearray(total)  # rows written by this run: a batch run twice counts once
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                bar.update(_write(block, sink, summary, written))
+        bar.close()
+    summary.seconds = time.monotonic() - began
+    return summary
+
+
+def _dataset(ray: Any, source: Any, settings: InferlineSettings, pipeline: Pipeline, *,
+             workers: int | None, batch_size: int) -> Any:
+    """The rows of ``source`` through a pool of ``PipelineWorker`` actors, as results."""
+    resources = actor_resources(pipeline.chains, ray.cluster_resources().get("GPU", 0))
+    _quiet(ray)
+    pool = ray.data.ActorPoolStrategy(size=workers or _default_workers(ray, resources))
+    rows = ray.data.read_datasource(source, num_cpus=REMOTE_CPUS)  # reading a span is light
+    return rows.map_batches(PipelineWorker, batch_size=batch_size, batch_format="pyarrow",
+                            fn_constructor_args=(settings, pipeline.spec, source.path),
+                            compute=pool, **resources)
+
+
+def _quiet(ray: Any) -> None:
+    """Ray Data's progress bars off (ours is drawn) and its start/finish notes unlogged."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
+
+
+def _default_workers(ray: Any, resources: dict[str, float]) -> int:
+    cluster = ray.cluster_resources()
+    return max(1, int(cluster.get("GPU" if "num_gpus" in resources else "CPU", 1)))
+
+
+#: the columns an actor sends back, one value per row
+COLUMNS = ("_row", "ok", "out", "notice", "served_by", "costs", "prompt_tokens",
+           "completion_tokens")
+
+
+def _write(block: pa.Table, sink: _Sink, summary: Summary, written: bytearray) -> int:
+    """Write one block of results; returns how many rows it wrote."""
+    count = 0
+    for index, ok, out, notice, served_by, costs, prompt, completion in zip(
+            *(block.column(name).to_pylist() for name in COLUMNS), strict=True):
+        if written[index]:
+            continue
+        written[index] = 1
+        count += 1
+        summary.engines.update(served_by)
+        for engine, usd in zip(served_by, costs, strict=True):
+            summary.costs[engine] = summary.costs.get(engine, 0.0) + usd
+        summary.tokens.update(prompt_tokens=prompt, completion_tokens=completion)
+        if ok:
+            summary.succeeded += 1
+            sink.write_line(out)
+        else:
+            summary.failed += 1
+            sink.report(notice, out)
+    return count
+
+
+class PipelineWorker:
+    """A Ray actor: builds the container and the pipeline once; each call runs one wave.
+
+    Each result row is ``COLUMNS``: its output line (``_row`` included) or, failed, its
+    errors-file record and stderr notice; the engine and cost of each generate call, and
+    its tokens.
+    """
+
+    def __init__(self, settings: InferlineSettings, spec: PipelineSpec, path: str) -> None:
+        from dependency_injector import providers
+
+        from inferline.containers import Container, started
+        from inferline.pipelines.pipeline import Pipeline
+
+        container = Container()
+        container.settings.override(providers.Object(settings))
+        container.logging.init()
+        self._stack = contextlib.AsyncExitStack()
+        portal.run(self._stack.enter_async_context(started(container)))
+        self.path = path
+        self.pipeline = Pipeline(spec, container.chains(),
+                                 allowed_modules=settings.pipelines.allowed_modules)
+        for chain in self.pipeline.chains:
+            chain.plan()  # logs each engine that cannot run on this worker, and why
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = [(index, lineno, _parse(self.path, lineno, text)) for index, lineno, text in zip(
+            *(batch.column(name).to_pylist() for name in (ROW, "line", "text")), strict=True)]
+        return portal.run(self._wave(items))
+
+    async def _wave(self, items: list[tuple[int, int, Any]]) -> pa.Table:
+        import pyarrow as pa
+
+        good = [item for item in items if not isinstance(item[2], InputError)]
+        outcomes = await self.pipeline.arun_batch([row for _, _, row in good])
+        done = dict(zip((index for index, _, _ in good), outcomes, strict=True))
+        results = [_result(*item, done.get(item[0])) for item in items]
+        return pa.table({name: list(column) for name, column in zip(
+            COLUMNS, zip(*results, strict=True), strict=True)})
+
+    def __del__(self) -> None:  # Ray Data drops the actor's UDF on a clean shutdown
+        if hasattr(self, "_stack"):
+            portal.run(self._stack.aclose())  # closes every engine built
+
+
+def _parse(path: str, lineno: int, raw: bytes) -> Any:
+    """The row of one raw input line (its ending read as text mode reads it), or its error."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InputError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})")
+    body = text.rstrip("\r\n")
+    return parse_line(path, lineno, body + "\n" if len(body) < len(text) else body)
+
+
+def _result(index: int, lineno: int, row: Any, outcome: Row | None) -> tuple[Any, ...]:
+    """One row's ``COLUMNS``; ``outcome`` is None for a line that is not a row."""
+    if outcome is None:
+        notice, record = failure_report(index, lineno, row, None)
+        return index, False, record, notice, [], [], 0, 0
+    if outcome.error is not None:
+        notice, out = failure_report(index, lineno, outcome.error, row)
+    else:
+        notice, out = "", dumps_row({**outcome.output, ROW: index})  # type: ignore[dict-item]
+    usage = outcome.usage
+    return (index, outcome.error is None, out, notice, outcome.served_by,
+            [call.cost.usd for call in outcome.calls], usage.prompt_tokens,
+            usage.completion_tokens)
+
+
+__all__ = ["PipelineWorker", "actor_resources", "run_file"]

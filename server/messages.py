@@ -1,0 +1,192 @@
+"""``POST /v1/messages``: Anthropic's Messages API over the same chains and engines as chat.
+
+    client = anthropic.Anthropic(base_url="http://127.0.0.1:8000", api_key=KEY)
+    client.messages.create(model="default", max_tokens=64,
+                           messages=[{"role": "user", "content": "Hi"}])
+
+Which fields are taken is in ``anthropic_api``. As on chat, the serving engine comes back
+in the ``x-inferline-engine`` header and an ``inferline`` field
+(``message.model_extra["inferline"]`` in the SDK; streamed, in the ``message_delta``
+event). Errors are in Anthropic's shape (``ApiError.anthropic_body``); one after the
+stream has started is an ``event: error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from inferline.core.cost import FREE
+from inferline.core.types import ToolCallDelta
+from inferline.engines.base import Completion, Generator, StreamChunk, Usage
+from inferline.errors import InferlineError
+from inferline.server.anthropic_api import (
+    MESSAGE_STOP,
+    TEXT_BLOCK_START,
+    MessagesRequest,
+    block_start,
+    block_stop,
+    input_json_delta,
+    message_body,
+    message_delta,
+    message_start,
+    parse_messages_request,
+    text_delta,
+    tool_use_block,
+)
+from inferline.server.budgets import spend
+from inferline.server.chat import ENGINE_HEADER, read_json, record_failure
+from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
+from inferline.server.errors import ApiError, api_error_for
+from inferline.server.gateway import GATEWAY, Gateway
+from inferline.server.sse import SseWriter
+
+log = structlog.get_logger(__name__)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """The route's handler: one Messages request through a chain or an engine."""
+    gw = request.app[GATEWAY]
+    req = parse_messages_request(await read_json(request))
+    engine = gw.model(req.model)
+    request[LOG_FIELDS].update(model=req.model, stream=req.stream)
+    if req.stream:
+        return await _stream(request, gw, engine, req)
+    async with asyncio.timeout_at(request[DEADLINE]):
+        [done] = await engine.agenerate([req.conversation], req.inference_config)
+    if not isinstance(done, Completion):
+        record_failure(gw, req.model, done)
+        raise done
+    _record(request, gw, req, done, done.text)
+    return web.json_response(message_body(req.model, done),
+                             headers={ENGINE_HEADER: done.served_by})
+
+
+async def _stream(request: web.Request, gw: Gateway, engine: Generator,
+                  req: MessagesRequest) -> web.StreamResponse:
+    """Stream Anthropic's events. As on chat, headers wait for the first chunk, so a
+    request that fails before any text still gets a JSON error and its status."""
+    stream = _MessageStream(request, req.model)
+    chunks = engine.astream(req.conversation, req.inference_config)
+    try:
+        async with asyncio.timeout_at(request[DEADLINE]):
+            async for chunk in chunks:
+                await stream.add(chunk)
+    except (InferlineError, TimeoutError) as exc:
+        if isinstance(exc, InferlineError):
+            record_failure(gw, req.model, exc)
+        if not stream.sse.started:
+            raise
+        return await stream.fail(exc)
+    except ConnectionResetError:  # the client went away; nothing left to tell it
+        log.info("client_disconnected", request_id=request[REQUEST_ID])
+        return stream.sse.response
+    finally:
+        await chunks.aclose()
+    done = stream.done(engine.name)
+    _record(request, gw, req, done, "".join(stream.text))
+    return await stream.finish(done)
+
+
+class _EventWriter(SseWriter):
+    """Anthropic's SSE: every event is named by its ``type`` (the SDK skips unnamed ones)."""
+
+    async def event(self, data: dict[str, Any]) -> None:
+        payload = json.dumps(data, ensure_ascii=False)
+        await self._write(f"event: {data['type']}\ndata: {payload}\n\n")
+
+    async def close(self) -> web.StreamResponse:
+        await self.response.write_eof()
+        return self.response
+
+
+class _MessageStream:
+    """One streamed message: its event writer and what it has said so far."""
+
+    def __init__(self, request: web.Request, model: str) -> None:
+        self.request, self.model = request, model
+        self.sse = _EventWriter(request)
+        self.text: list[str] = []
+        self.last = StreamChunk()  # finish_reason, usage and provenance, as they arrive
+        self.index, self.in_text = 0, True  # the open content block (text block 0 at first)
+        self.calls: dict[int, int] = {}  # a tool call's index -> its content block's index
+
+    async def _open(self, block: dict[str, Any]) -> int:
+        """Close the open content block and start ``block`` after it; its index."""
+        await self.sse.event(block_stop(self.index))
+        self.index += 1
+        await self.sse.event(block_start(self.index, block))
+        return self.index
+
+    async def _add_calls(self, deltas: list[ToolCallDelta]) -> None:
+        """Each tool call as a ``tool_use`` block; its arguments as ``input_json_delta``s."""
+        for delta in deltas:
+            if delta.id is not None:
+                self.calls[delta.index] = await self._open(tool_use_block(delta))
+                self.in_text = False
+            if delta.arguments:
+                await self.sse.event(input_json_delta(self.calls[delta.index], delta.arguments))
+
+    async def _start(self, served_by: str) -> None:
+        self.sse.response.headers[ENGINE_HEADER] = served_by
+        await self.sse.event(message_start(self.model))
+        await self.sse.event(TEXT_BLOCK_START)
+
+    async def add(self, chunk: StreamChunk) -> None:
+        if not self.sse.started:
+            await self._start(chunk.served_by or "")
+        if chunk.text:
+            if not self.in_text:  # text after a tool call: a new text block
+                self.in_text = bool(await self._open({"type": "text", "text": ""}))
+            self.text.append(chunk.text)
+            await self.sse.event(text_delta(chunk.text, self.index))
+        if chunk.tool_calls:
+            await self._add_calls(chunk.tool_calls)
+        last = self.last
+        last.served_by = chunk.served_by or last.served_by
+        last.finish_reason = chunk.finish_reason or last.finish_reason
+        last.usage = chunk.usage or last.usage
+        last.attempts = chunk.attempts or last.attempts
+        last.cost = chunk.cost or last.cost
+
+    def done(self, default_engine: str) -> Completion:
+        """What was streamed, as a completion (for provenance and metrics)."""
+        last = self.last
+        return Completion("", last.finish_reason, last.usage or Usage(),
+                          last.served_by or default_engine, last.attempts or [],
+                          cost=last.cost or FREE)
+
+    async def finish(self, done: Completion) -> web.StreamResponse:
+        if not self.sse.started:  # an engine that said nothing at all
+            await self._start(done.served_by)
+        for event in (block_stop(self.index), message_delta(done), MESSAGE_STOP):
+            await self.sse.event(event)
+        return await self.sse.close()
+
+    async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse:
+        error = (api_error_for(exc) if isinstance(exc, InferlineError) else
+                 ApiError(504, "request timed out mid-stream", code="timeout"))
+        log.warning("stream_failed", request_id=self.request[REQUEST_ID],
+                    status=error.status, error=error.message)
+        self.request[LOG_FIELDS].update(stream_error=error.code)
+        await self.sse.event(error.anthropic_body())
+        return await self.sse.close()
+
+
+def _record(request: web.Request, gw: Gateway, req: MessagesRequest, done: Completion,
+            answer: str) -> None:
+    """Metrics and log fields for a served request; its text only with ``log.log_prompts``."""
+    served = done.provenance()
+    gw.metrics.observe_attempts(req.model, served["attempts"])
+    gw.metrics.observe_usage(served["served_by"], served["usage"])
+    spend(request, served["served_by"], served["cost"])
+    request[LOG_FIELDS].update(served_by=served["served_by"],
+                               attempts=len(served["attempts"]), usage=served["usage"])
+    if gw.settings.log.log_prompts:
+        log.info("messages_exchange", request_id=request[REQUEST_ID], answer=answer,
+                 messages=[{"role": m.role.value, "text": m.text}
+                           for m in req.conversation.messages])
