@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -80,9 +81,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not isinstance(done, Completion):
         record_failure(gw, req.model, done)
         raise done
-    served = done.provenance()
-    record_success(request, gw, req, served)
-    log_exchange(request, gw, req, done.text)
+    record_success(request, gw, req.model, req.conversation, done, done.text)
     return web.json_response(completion_body(req.model, done),
                              headers={ENGINE_HEADER: done.served_by})
 
@@ -93,13 +92,37 @@ async def stream_chat(request: web.Request, gw: Gateway, engine: Generator,
     before any text (bad parameter, every engine down) still gets a JSON error and status."""
     stream = _Stream(request, req)
     chunks = engine.astream(req.conversation, req.inference_config)
+    if (ended := await pump(request, gw, req.model, chunks, stream)) is not None:
+        return ended
+    served = record_success(request, gw, req.model, req.conversation,
+                            stream.done(engine.name), "".join(stream.text))
+    return await stream.finish(served)
+
+
+class StreamWriter(Protocol):
+    """What ``pump`` feeds: either API's stream of one answer."""
+
+    @property
+    def sse(self) -> SseWriter: ...
+
+    async def add(self, chunk: StreamChunk) -> None: ...
+
+    async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse: ...
+
+
+async def pump(request: web.Request, gw: Gateway, model: str,
+               chunks: AsyncGenerator[StreamChunk, None],
+               stream: StreamWriter) -> web.StreamResponse | None:
+    """Feed the engine's ``chunks`` to ``stream``: None once all are out, else the response
+    to end with (a failure after the first chunk, a client gone). A failure before the
+    first chunk is raised, so it still gets a JSON error and its status."""
     try:
         async with asyncio.timeout_at(request[DEADLINE]):
             async for chunk in chunks:
                 await stream.add(chunk)
     except (InferlineError, TimeoutError) as exc:
         if isinstance(exc, InferlineError):
-            record_failure(gw, req.model, exc)
+            record_failure(gw, model, exc)
         if not stream.sse.started:
             raise
         return await stream.fail(exc)
@@ -108,10 +131,7 @@ async def stream_chat(request: web.Request, gw: Gateway, engine: Generator,
         return stream.sse.response
     finally:
         await chunks.aclose()
-    served = stream.done(engine.name).provenance()
-    record_success(request, gw, req, served)
-    log_exchange(request, gw, req, "".join(stream.text))
-    return await stream.finish(served)
+    return None
 
 
 class _Stream:
@@ -178,13 +198,20 @@ def _public(served: dict[str, Any]) -> dict[str, Any]:
             "cost": served["cost"]}
 
 
-def record_success(request: web.Request, gw: Gateway, req: ChatRequest,
-                   served: dict[str, Any]) -> None:
-    gw.metrics.observe_attempts(req.model, served["attempts"])
+def record_success(request: web.Request, gw: Gateway, model: str, conversation: Conversation,
+                   done: Completion, answer: str) -> dict[str, Any]:
+    """Metrics, spend and log fields for a served request, and its text only with
+    ``log.log_prompts``; its provenance."""
+    served = done.provenance()
+    gw.metrics.observe_attempts(model, served["attempts"])
     gw.metrics.observe_usage(served["served_by"], served["usage"])
     spend(request, served["served_by"], served["cost"])
     request[LOG_FIELDS].update(served_by=served["served_by"],
                                attempts=len(served["attempts"]), usage=served["usage"])
+    if gw.settings.log.log_prompts:
+        log.info("exchange", request_id=request[REQUEST_ID], model=model, answer=answer,
+                 messages=[{"role": m.role.value, "text": m.text} for m in conversation.messages])
+    return served
 
 
 def record_failure(gw: Gateway, model: str, exc: InferlineError) -> None:
@@ -193,12 +220,3 @@ def record_failure(gw: Gateway, model: str, exc: InferlineError) -> None:
     elif isinstance(exc, EngineError):
         gw.metrics.observe_attempts(model, [{"engine": exc.engine or model,
                                              "error": type(exc).__name__}])
-
-
-def log_exchange(request: web.Request, gw: Gateway, req: ChatRequest, answer: str) -> None:
-    """Prompt and answer text, only when ``log.log_prompts`` is on."""
-    if gw.settings.log.log_prompts:
-        conv: Conversation = req.conversation
-        log.info("chat_exchange", request_id=request[REQUEST_ID],
-                 messages=[{"role": m.role.value, "text": m.text} for m in conv.messages],
-                 answer=answer)

@@ -23,6 +23,7 @@ from aiohttp import web
 from inferline.core.cost import FREE
 from inferline.core.types import ToolCallDelta
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
+from inferline.engines.cache import apply_cache_control
 from inferline.errors import InferlineError
 from inferline.server.anthropic_api import (
     MESSAGE_STOP,
@@ -38,8 +39,7 @@ from inferline.server.anthropic_api import (
     text_delta,
     tool_use_block,
 )
-from inferline.server.budgets import spend
-from inferline.server.chat import ENGINE_HEADER, read_json, record_failure
+from inferline.server.chat import ENGINE_HEADER, pump, read_json, record_failure, record_success
 from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
 from inferline.server.gateway import GATEWAY, Gateway
@@ -54,6 +54,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     req = parse_messages_request(await read_json(request))
     engine = gw.model(req.model)
     request[LOG_FIELDS].update(model=req.model, stream=req.stream)
+    apply_cache_control(request.headers.get("Cache-Control"))  # no-cache, no-store
     if req.stream:
         return await _stream(request, gw, engine, req)
     async with asyncio.timeout_at(request[DEADLINE]):
@@ -61,7 +62,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if not isinstance(done, Completion):
         record_failure(gw, req.model, done)
         raise done
-    _record(request, gw, req, done, done.text)
+    record_success(request, gw, req.model, req.conversation, done, done.text)
     return web.json_response(message_body(req.model, done),
                              headers={ENGINE_HEADER: done.served_by})
 
@@ -72,23 +73,10 @@ async def _stream(request: web.Request, gw: Gateway, engine: Generator,
     request that fails before any text still gets a JSON error and its status."""
     stream = _MessageStream(request, req.model)
     chunks = engine.astream(req.conversation, req.inference_config)
-    try:
-        async with asyncio.timeout_at(request[DEADLINE]):
-            async for chunk in chunks:
-                await stream.add(chunk)
-    except (InferlineError, TimeoutError) as exc:
-        if isinstance(exc, InferlineError):
-            record_failure(gw, req.model, exc)
-        if not stream.sse.started:
-            raise
-        return await stream.fail(exc)
-    except ConnectionResetError:  # the client went away; nothing left to tell it
-        log.info("client_disconnected", request_id=request[REQUEST_ID])
-        return stream.sse.response
-    finally:
-        await chunks.aclose()
+    if (ended := await pump(request, gw, req.model, chunks, stream)) is not None:
+        return ended
     done = stream.done(engine.name)
-    _record(request, gw, req, done, "".join(stream.text))
+    record_success(request, gw, req.model, req.conversation, done, "".join(stream.text))
     return await stream.finish(done)
 
 
@@ -175,18 +163,3 @@ class _MessageStream:
         self.request[LOG_FIELDS].update(stream_error=error.code)
         await self.sse.event(error.anthropic_body())
         return await self.sse.close()
-
-
-def _record(request: web.Request, gw: Gateway, req: MessagesRequest, done: Completion,
-            answer: str) -> None:
-    """Metrics and log fields for a served request; its text only with ``log.log_prompts``."""
-    served = done.provenance()
-    gw.metrics.observe_attempts(req.model, served["attempts"])
-    gw.metrics.observe_usage(served["served_by"], served["usage"])
-    spend(request, served["served_by"], served["cost"])
-    request[LOG_FIELDS].update(served_by=served["served_by"],
-                               attempts=len(served["attempts"]), usage=served["usage"])
-    if gw.settings.log.log_prompts:
-        log.info("messages_exchange", request_id=request[REQUEST_ID], answer=answer,
-                 messages=[{"role": m.role.value, "text": m.text}
-                           for m in req.conversation.messages])
