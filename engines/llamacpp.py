@@ -188,6 +188,8 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
                                               f"parse the grammar it gives:\n{gbnf[:500]}",
                                               engine=self.name)
             llama_cpp.llama_sampler_free(sampler)
+            if len(self._grammars) >= 256:  # many distinct schemas (a gateway's clients)
+                self._grammars.clear()
             self._grammars[gbnf] = llama_grammar.LlamaGrammar.from_string(gbnf, verbose=False)
         return self._grammars[gbnf]
 
