@@ -5,7 +5,7 @@ Reports invalid rows (after re-asks), re-asks, rows/s, and the grammar's own cos
 first pass's generated tokens per second with and without the grammar (the same prompts).
 Results go to bench/results/constrained.json.
 
-    python bench/constrained.py          # about 20 minutes on 2 cores: decoding with a grammar is slow
+    python bench/constrained.py   # about 20 minutes on 2 cores (grammar decoding is slow)
 """
 
 from __future__ import annotations
