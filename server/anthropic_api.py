@@ -43,7 +43,10 @@ from inferline.core.types import (
 )
 from inferline.engines.base import Completion, Usage
 from inferline.server.errors import ApiError
-from inferline.server.openai_api import _invalid  # pydantic's errors -> a 400 naming the field
+from inferline.server.openai_api import (  # pydantic's errors -> a 400 naming the field
+    _invalid,
+    parse_request,
+)
 
 IGNORED_FIELDS = frozenset({"metadata", "service_tier", "cache_control"})
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -230,15 +233,8 @@ def _plain(items: list[ContentItem]) -> bool:
 
 def parse_messages_request(body: Any) -> MessagesRequest:
     """Validate a decoded JSON body; a bad one raises ``ApiError(400)`` naming the field."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_body")
-    fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    try:
-        request = MessagesRequest.model_validate(fields)
-        _ = request.conversation, request.inference_config  # checked now, then cached
-    except ValidationError as exc:
-        raise _unsupported_block(exc) or _invalid(exc) from None
-    return request
+    return parse_request(body, MessagesRequest, IGNORED_FIELDS,
+                         lambda exc: _unsupported_block(exc) or _invalid(exc))
 
 
 def _unsupported_block(exc: ValidationError) -> ApiError | None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 
+from inferline.core.configs import InferenceConfig
 from inferline.core.cost import FREE
 from inferline.core.types import Conversation
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
@@ -69,21 +70,45 @@ def _too_deep() -> ApiError:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await answer(request, parse_chat_request, completion_body, stream_chat)
+
+
+class ApiRequest(Protocol):
+    """What either API's parsed request gives the handler."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def conversation(self) -> Conversation: ...
+    @property
+    def inference_config(self) -> InferenceConfig: ...
+
+
+ReqT = TypeVar("ReqT", bound=ApiRequest)
+
+
+async def answer(request: web.Request, parse: Callable[[Any], ReqT],
+                 body: Callable[[str, Completion], dict[str, Any]],
+                 stream: Callable[[web.Request, Gateway, Generator, ReqT],
+                                  Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """One request of either API through a chain or an engine: the body ``parse``d, then
+    streamed by ``stream`` or answered whole as ``body(model, completion)``."""
     gw = request.app[GATEWAY]
-    req = parse_chat_request(await read_json(request))
+    req = parse(await read_json(request))
     engine = gw.model(req.model)
     request[LOG_FIELDS].update(model=req.model, stream=req.stream)
     apply_cache_control(request.headers.get("Cache-Control"))  # no-cache, no-store
     if req.stream:
-        return await stream_chat(request, gw, engine, req)
+        return await stream(request, gw, engine, req)
     async with asyncio.timeout_at(request[DEADLINE]):
         [done] = await engine.agenerate([req.conversation], req.inference_config)
     if not isinstance(done, Completion):
         record_failure(gw, req.model, done)
         raise done
     record_success(request, gw, req.model, req.conversation, done, done.text)
-    return web.json_response(completion_body(req.model, done),
-                             headers={ENGINE_HEADER: done.served_by})
+    return web.json_response(body(req.model, done), headers={ENGINE_HEADER: done.served_by})
 
 
 async def stream_chat(request: web.Request, gw: Gateway, engine: Generator,

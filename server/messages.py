@@ -13,7 +13,6 @@ stream has started is an ``event: error``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -23,7 +22,6 @@ from aiohttp import web
 from inferline.core.cost import FREE
 from inferline.core.types import ToolCallDelta
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
-from inferline.engines.cache import apply_cache_control
 from inferline.errors import InferlineError
 from inferline.server.anthropic_api import (
     MESSAGE_STOP,
@@ -39,10 +37,10 @@ from inferline.server.anthropic_api import (
     text_delta,
     tool_use_block,
 )
-from inferline.server.chat import ENGINE_HEADER, pump, read_json, record_failure, record_success
-from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
+from inferline.server.chat import ENGINE_HEADER, answer, pump, record_success
+from inferline.server.context import LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
-from inferline.server.gateway import GATEWAY, Gateway
+from inferline.server.gateway import Gateway
 from inferline.server.sse import SseWriter
 
 log = structlog.get_logger(__name__)
@@ -50,21 +48,7 @@ log = structlog.get_logger(__name__)
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """The route's handler: one Messages request through a chain or an engine."""
-    gw = request.app[GATEWAY]
-    req = parse_messages_request(await read_json(request))
-    engine = gw.model(req.model)
-    request[LOG_FIELDS].update(model=req.model, stream=req.stream)
-    apply_cache_control(request.headers.get("Cache-Control"))  # no-cache, no-store
-    if req.stream:
-        return await _stream(request, gw, engine, req)
-    async with asyncio.timeout_at(request[DEADLINE]):
-        [done] = await engine.agenerate([req.conversation], req.inference_config)
-    if not isinstance(done, Completion):
-        record_failure(gw, req.model, done)
-        raise done
-    record_success(request, gw, req.model, req.conversation, done, done.text)
-    return web.json_response(message_body(req.model, done),
-                             headers={ENGINE_HEADER: done.served_by})
+    return await answer(request, parse_messages_request, message_body, _stream)
 
 
 async def _stream(request: web.Request, gw: Gateway, engine: Generator,

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Container
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -221,14 +222,24 @@ class ChatRequest(_Strict):
 
 def parse_chat_request(body: Any) -> ChatRequest:
     """Validate a decoded JSON body; a bad one raises ``ApiError(400)`` naming the field."""
+    return parse_request(body, ChatRequest, IGNORED_FIELDS, _invalid)
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def parse_request(body: Any, cls: type[RequestT], ignored: Container[str],
+                  invalid: Callable[[ValidationError], ApiError]) -> RequestT:
+    """``body`` as ``cls`` (either API's request), its ``ignored`` fields dropped; a bad one
+    raises ``invalid``'s ``ApiError(400)``, naming the field."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_body")
-    fields = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    fields = {k: v for k, v in body.items() if k not in ignored}
     try:
-        request = ChatRequest.model_validate(fields)
-        _ = request.conversation, request.inference_config  # checked now, then cached
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+        request = cls.model_validate(fields)
+        _ = request.conversation, request.inference_config  # type: ignore[attr-defined]
+    except ValidationError as exc:  # (those two are checked now, then cached)
+        raise invalid(exc) from None
     return request
 
 
