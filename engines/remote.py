@@ -311,6 +311,11 @@ class BaseRemoteEngine(BaseInferenceEngine):
         """A completion, or the ``EngineError`` that ended it, per conversation;
         ``num_workers`` requests in flight."""
         base, state = self._request_base(params, stream=False), self._states.get()
+        if len(conversations) == 1:  # one row (a gateway request): no pool, no task
+            try:
+                return [await self._complete(conversations[0], base, state)]
+            except EngineError as exc:
+                return [exc]
         out: list[Any] = [None] * len(conversations)
 
         async def job(i: int) -> Completion:

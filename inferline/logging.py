@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from structlog.typing import EventDict
 
 from inferline.settings.model import LogSettings
 
+_NOTHING = object()
 _SECRET_FIELDS = ("api_key", "authorization", "token", "password", "secret")
 
 
@@ -26,9 +28,9 @@ class RedactSecrets:
         self.env_vars = list(env_vars)
 
     def __call__(self, logger: Any, method: str, event: EventDict) -> EventDict:
-        secrets = [os.environ[v] for v in self.env_vars if os.environ.get(v)]
+        secrets = [s for v in self.env_vars if (s := os.environ.get(v))]
         for key, value in event.items():
-            if any(s in key.lower() for s in _SECRET_FIELDS):
+            if _secret_name(key):
                 event[key] = "***"
             elif secrets and not isinstance(value, (bool, int, float, type(None))):
                 text = value if isinstance(value, str) else str(value)  # errors, lists, dicts
@@ -37,6 +39,43 @@ class RedactSecrets:
                         text = text.replace(secret, "***")
                     event[key] = text
         return event
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(key: str) -> bool:
+    """Whether a field is named like a secret (field names repeat: asked once each)."""
+    lowered = key.lower()
+    return any(s in lowered for s in _SECRET_FIELDS)
+
+
+class ConsoleLines:
+    """structlog's ``ConsoleRenderer(colors=False)``, written out for plain events (several
+    times cheaper: one per request, the access log); events with a traceback, a stack or a
+    logger name go to structlog's renderer itself. The same text either way."""
+
+    _FULL_ONLY = frozenset({"stack", "exception", "exc_info", "logger", "logger_name"})
+    _QUOTED = frozenset(" \t=\r\n\"'")
+
+    def __init__(self) -> None:
+        self._full = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, method: str, event: EventDict) -> str:
+        if not self._FULL_ONLY.isdisjoint(event):
+            return self._full(logger, method, event)
+        parts = []
+        if (stamp := event.pop("timestamp", _NOTHING)) is not _NOTHING and (text := str(stamp)):
+            parts.append(text)
+        if "level" in event:
+            parts.append(f"[{event.pop('level'):<9}]")
+        if "event" in event:
+            parts.append(f"{event.pop('event')!s:<30}")
+        parts.extend(f"{key}={self._repr(event[key])}" for key in sorted(event))
+        return " ".join(parts).rstrip(" ")
+
+    def _repr(self, value: Any) -> str:
+        if isinstance(value, str) and self._QUOTED.isdisjoint(value):
+            return value
+        return repr(value)
 
 
 class _CurrentStderr:
@@ -55,7 +94,8 @@ class _CurrentStderr:
 
 def configure_logging(settings: LogSettings, secret_env_vars: Iterable[str] = ()) -> None:
     renderer: Any = (structlog.processors.JSONRenderer() if settings.format == "json"
-                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+                     else structlog.dev.ConsoleRenderer(colors=True) if sys.stderr.isatty()
+                     else ConsoleLines())
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso"),

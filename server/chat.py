@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -25,6 +26,7 @@ from inferline.core.types import Conversation
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
 from inferline.engines.cache import apply_cache_control
 from inferline.errors import AllEnginesFailedError, EngineError, InferlineError
+from inferline.server._json import json_response
 from inferline.server.budgets import spend
 from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
@@ -42,14 +44,19 @@ from inferline.server.sse import SseWriter
 log = structlog.get_logger(__name__)
 
 ENGINE_HEADER = "x-inferline-engine"
+_NOT_JSON = object()
 
 
 async def read_json(request: web.Request) -> Any:
     """The decoded body; ``ApiError(400)`` saying where it stops being JSON, or that it is
     nested over 100 levels deep (encoders further on give up: orjson at 255)."""
     raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
+    try:  # orjson first (fast); what it refuses, json decides, and words the error
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = _NOT_JSON
     try:
-        body = json.loads(raw)
+        body = json.loads(raw) if body is _NOT_JSON else body
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}",
                        code="invalid_json") from None
@@ -108,7 +115,7 @@ async def answer(request: web.Request, parse: Callable[[Any], ReqT],
         record_failure(gw, req.model, done)
         raise done
     record_success(request, gw, req.model, req.conversation, done, done.text)
-    return web.json_response(body(req.model, done), headers={ENGINE_HEADER: done.served_by})
+    return json_response(body(req.model, done), headers={ENGINE_HEADER: done.served_by})
 
 
 async def stream_chat(request: web.Request, gw: Gateway, engine: Generator,

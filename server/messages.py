@@ -13,7 +13,6 @@ stream has started is an ``event: error``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -23,6 +22,7 @@ from inferline.core.cost import FREE
 from inferline.core.types import ToolCallDelta
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
 from inferline.errors import InferlineError
+from inferline.server._json import dumps
 from inferline.server.anthropic_api import (
     MESSAGE_STOP,
     TEXT_BLOCK_START,
@@ -68,8 +68,8 @@ class _EventWriter(SseWriter):
     """Anthropic's SSE: every event is named by its ``type`` (the SDK skips unnamed ones)."""
 
     async def event(self, data: dict[str, Any]) -> None:
-        payload = json.dumps(data, ensure_ascii=False)
-        await self._write(f"event: {data['type']}\ndata: {payload}\n\n")
+        kind = data["type"].encode()
+        await self._write(b"event: " + kind + b"\ndata: " + dumps(data) + b"\n\n")
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()

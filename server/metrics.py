@@ -56,9 +56,19 @@ class Metrics:
         self.cost = Counter("inferline_cost", "USD spent, by engine (prices from settings; "
                             "cache hits and replays cost 0).", ["engine"], registry=reg)
 
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (labels take a lock and checks)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        self._child(self.requests, route, method, str(status)).inc()
+        self._child(self.latency, route).observe(seconds)
 
     def observe_attempts(self, model: str, attempts: Sequence[dict[str, Any]]) -> None:
         """Count each failed attempt as an engine error, and as a fallback if one followed."""
@@ -70,11 +80,12 @@ class Metrics:
 
     def observe_usage(self, engine: str, usage: dict[str, int] | None) -> None:
         if usage:
-            self.tokens.labels(engine, "prompt").inc(usage.get("prompt_tokens") or 0)
-            self.tokens.labels(engine, "completion").inc(usage.get("completion_tokens") or 0)
+            self._child(self.tokens, engine, "prompt").inc(usage.get("prompt_tokens") or 0)
+            self._child(self.tokens, engine, "completion").inc(
+                usage.get("completion_tokens") or 0)
 
     def observe_cost(self, engine: str, usd: float | None) -> None:
-        self.cost.labels(engine).inc(usd or 0.0)
+        self._child(self.cost, engine).inc(usd or 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

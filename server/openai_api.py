@@ -34,6 +34,7 @@ from inferline.core.configs import (
     GenerationParams,
     GuidedDecodingParams,
     InferenceConfig,
+    ModelParams,
     ToolSpec,
 )
 from inferline.core.types import (
@@ -191,7 +192,9 @@ class ChatRequest(_Strict):
     @cached_property
     def inference_config(self) -> InferenceConfig:
         """Only the fields the client set; the engine's own defaults fill the rest."""
-        return InferenceConfig(generation=GenerationParams(**self._generation_fields()))
+        # a new ModelParams: cheaper than the deep copy pydantic makes of the default
+        return InferenceConfig(model=ModelParams(),
+                               generation=GenerationParams(**self._generation_fields()))
 
     def _generation_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}

@@ -13,7 +13,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -21,6 +22,18 @@ from aiohttp import web
 from inferline.errors import ConfigurationError
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, on uvloop where it is installed: the same behaviour on a faster
+    loop (in one pair of bench runs, 1.37 -> 1.01 ms added per request at one client)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s: float,

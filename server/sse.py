@@ -10,10 +10,11 @@ sent as an ``{"error": {...}}`` event, which the OpenAI SDK raises as ``APIError
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
+
+from inferline.server._json import dumps
 
 
 class SseWriter:
@@ -30,17 +31,17 @@ class SseWriter:
         return self.response.prepared
 
     async def send(self, data: dict[str, Any]) -> None:
-        await self._write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n")
+        await self._write(b"data: " + dumps(data) + b"\n\n")
 
     async def error(self, body: dict[str, Any]) -> None:
         await self.send(body)
         await self.response.write_eof()
 
     async def done(self) -> None:
-        await self._write("data: [DONE]\n\n")
+        await self._write(b"data: [DONE]\n\n")
         await self.response.write_eof()
 
-    async def _write(self, text: str) -> None:
+    async def _write(self, data: bytes) -> None:
         if not self.response.prepared:
             await self.response.prepare(self.request)
-        await self.response.write(text.encode())
+        await self.response.write(data)

@@ -12,11 +12,11 @@ every worker and waits for all (``inferline.server.workers``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from inferline.server.auth import ApiKeys, check_bind
+from inferline.server.runner import run as run_loop
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         _check_pipelines(container)  # once, here, rather than once per worker
         return supervise(_worker, (args,), workers=server.workers, host=server.host,
                          port=server.port, grace_s=server.shutdown_grace_s)
-    asyncio.run(_serve(container, keys))
+    run_loop(_serve(container, keys))
     return 0
 
 
@@ -60,7 +60,7 @@ def _worker(args: argparse.Namespace, port: int, ready: Callable[[str], None]) -
     args.port = port
     container = build_container(args.settings, env=args.env, overrides=_flags(args))
     keys = ApiKeys.from_env(container.settings().server.api_key_env_varnames)
-    asyncio.run(_serve(container, keys, reuse_port=True, on_ready=ready))
+    run_loop(_serve(container, keys, reuse_port=True, on_ready=ready))
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,14 +1,14 @@
 """The input of a Ray run: a JSONL file as Ray Data blocks, each row numbered as the local
 runner numbers it (``_row``: its index among the non-blank lines; ``line``: its line number).
 
-The driver scans the file once (bytes, no parsing) into spans of whole lines; each span
-with work left is one read task, which yields blocks of at most ``block_rows`` rows (one
-wave each) and leaves out the rows an earlier run wrote. Lines split where Python's text
+The driver scans the file (bytes, no parsing) into spans of whole lines; each span with
+work left is one read task, which yields blocks of at most ``block_rows`` rows (many waves
+each) and leaves out the rows an earlier run wrote. Lines split where Python's text
 mode splits them (``\\n``, ``\\r\\n``, ``\\r``), so ``_row`` and ``line`` match
 ``inferline.pipelines.runner.iter_rows``. Imported only when Ray is installed.
 
     total, spans = scan("rows.jsonl", done={0, 1}, span_rows=4096)
-    ds = ray.data.read_datasource(JsonlRowsDatasource("rows.jsonl", spans, block_rows=64))
+    ds = ray.data.read_datasource(JsonlRowsDatasource("rows.jsonl", spans, block_rows=4096))
 """
 
 from __future__ import annotations

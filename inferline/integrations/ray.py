@@ -10,14 +10,16 @@ Ray Data reads the rows (byte spans of the file, numbered as the local runner nu
 them) and sends them through a pool of actors (``map_batches(PipelineWorker,
 concurrency=workers)``). Each actor builds the container and the pipeline once, from the
 settings and pipeline the driver resolved, and runs each batch of ``batch_size`` rows as one
-wave: template -> generate through the fallback chain -> post-process. An actor that dies
-is restarted by Ray and its batch is run again.
+wave: template -> generate through the fallback chain -> post-process. A Ray Data block (one
+task of an actor) holds many batches, up to ``BLOCK_ROWS`` rows but at least
+``BLOCKS_PER_ACTOR`` blocks per actor: Ray's cost per task is paid once per block, not once
+per wave. An actor that dies is restarted by Ray and its block is run again.
 
 Resumable by key, as the local runner is (not Ray Data's checkpointing): the driver streams
 the actors' results (``iter_batches``) and appends each row's line, with its ``_row``, to
 the output file, flushed line by line; failed rows go to stderr and the errors file. A
 rerun reads the rows already written and leaves them out of the read, so every row is
-written exactly once across driver and worker crashes; a batch that ran twice (its actor
+written exactly once across driver and worker crashes; a block that ran twice (its actor
 died after answering) is written once. Lines come in the order batches finish: ``_row``
 gives the input order.
 
@@ -30,11 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from inferline.core.portal import portal
 from inferline.core.types import dumps_row
@@ -51,7 +55,8 @@ if TYPE_CHECKING:
     from inferline.settings.model import InferlineSettings
 
 REMOTE_CPUS = 0.25  # what an actor over remote engines only reserves
-SPAN_BATCHES = 16  # batches per read task
+BLOCK_ROWS = 4096  # the most rows in one Ray Data block (one read task, one actor task)
+BLOCKS_PER_ACTOR = 4  # the fewest blocks per actor, so that the last ones spread evenly
 
 
 def run_file(pipeline: str, input_path: str | Path, output_path: str | Path | None = None, *,
@@ -125,12 +130,54 @@ async def _resolve(pipeline: str, settings: str | Path | None,
 
 
 def _connect(ray: Any, address: str | None) -> bool:
-    """Join ``address``, or start a local Ray (no dashboard); False if already joined."""
+    """Join ``address``, or start a local Ray on 127.0.0.1; False if already joined."""
     if ray.is_initialized():
         return False
-    local = {"include_dashboard": False} if not address else {}
-    ray.init(address=address, logging_level=logging.WARNING, **local)
+    if not address:
+        init_local()
+    elif urlsplit(f"//{address}").hostname in LOOPBACK:  # a cluster init_local started
+        with single_machine():
+            ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
     return True
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Ray's single-machine mode (its default on macOS and Windows): the node's address is
+#: 127.0.0.1. Elsewhere Ray swaps a 127.0.0.1 given as ``_node_ip_address`` (or
+#: ``ray start --node-ip-address``) for the host's own address, and listens on every interface.
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_local(**options: Any) -> None:
+    """``ray.init(**options)`` of a new local Ray (no dashboard) whose GCS, raylet, workers
+    and agents listen on 127.0.0.1 only; other drivers join it at its 127.0.0.1 address.
+
+    Its workers run at the driver's priority: Ray's default niceness of 15 for workers
+    starves the actors on a machine that other work keeps busy."""
+    ray = _import_ray()
+    with single_machine():
+        ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING,
+                    "_system_config": {"worker_niceness": 0}, **options})
+
+
+@contextlib.contextmanager
+def single_machine() -> Iterator[None]:
+    """Ray's single-machine mode while Ray starts or joins a cluster (its processes keep it)."""
+    from ray._private import ray_constants
+
+    before = os.environ.get(SINGLE_MACHINE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE] = "0"  # for the processes Ray starts now (and their children)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import: for this process
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+        if before[0] is None:
+            del os.environ[SINGLE_MACHINE]
+        else:
+            os.environ[SINGLE_MACHINE] = before[0]
 
 
 def _run(ray: Any, settings: InferlineSettings, pipeline: Pipeline, input_path: str,
@@ -140,13 +187,19 @@ def _run(ray: Any, settings: InferlineSettings, pipeline: Pipeline, input_path: 
     from inferline.integrations._ray_source import JsonlRowsDatasource, scan
 
     began = time.monotonic()
+    resources = actor_resources(pipeline.chains, ray.cluster_resources().get("GPU", 0))
+    actors = workers or _default_workers(ray, resources)
     with _Sink(output_path, errors_path, restart, stdout) as sink:
-        total, spans = scan(input_path, sink.done, span_rows=batch_size * SPAN_BATCHES)
-        summary = Summary(rows=total, skipped=total - sum(s.todo for s in spans))
+        total, spans = scan(input_path, sink.done, span_rows=batch_size)
+        todo = sum(s.todo for s in spans)
+        block_rows = block_size(todo, batch_size, actors)
+        if block_rows > batch_size:
+            total, spans = scan(input_path, sink.done, span_rows=block_rows)
+        summary = Summary(rows=total, skipped=total - todo)
         bar = progress_bar(total, summary.skipped, desc=pipeline.name)
         if spans:
-            ds = _dataset(ray, JsonlRowsDatasource(input_path, spans, batch_size), settings,
-                          pipeline, workers=workers, batch_size=batch_size)
+            ds = _dataset(ray, JsonlRowsDatasource(input_path, spans, block_rows), settings,
+                          pipeline, resources, actors=actors, batch_size=batch_size)
             written = bytearray(total)  # rows written by this run: a batch run twice counts once
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 bar.update(_write(block, sink, summary, written))
@@ -155,13 +208,19 @@ def _run(ray: Any, settings: InferlineSettings, pipeline: Pipeline, input_path: 
     return summary
 
 
-def _dataset(ray: Any, source: Any, settings: InferlineSettings, pipeline: Pipeline, *,
-             workers: int | None, batch_size: int) -> Any:
+def block_size(todo: int, batch_size: int, actors: int) -> int:
+    """Rows per block: whole batches, at most ``BLOCK_ROWS``, ``BLOCKS_PER_ACTOR`` each."""
+    batches = todo // (batch_size * actors * BLOCKS_PER_ACTOR)
+    return batch_size * max(1, min(batches, BLOCK_ROWS // batch_size))
+
+
+def _dataset(ray: Any, source: Any, settings: InferlineSettings, pipeline: Pipeline,
+             resources: dict[str, float], *, actors: int, batch_size: int) -> Any:
     """The rows of ``source`` through a pool of ``PipelineWorker`` actors, as results."""
-    resources = actor_resources(pipeline.chains, ray.cluster_resources().get("GPU", 0))
     _quiet(ray)
-    pool = ray.data.ActorPoolStrategy(size=workers or _default_workers(ray, resources))
-    rows = ray.data.read_datasource(source, num_cpus=REMOTE_CPUS)  # reading a span is light
+    pool = ray.data.ActorPoolStrategy(size=actors)
+    # reading a span is light; and with 0 CPUs it never waits for the actors' CPUs
+    rows = ray.data.read_datasource(source, num_cpus=0)
     return rows.map_batches(PipelineWorker, batch_size=batch_size, batch_format="pyarrow",
                             fn_constructor_args=(settings, pipeline.spec, source.path),
                             compute=pool, **resources)
@@ -276,4 +335,4 @@ def _result(index: int, lineno: int, row: Any, outcome: Row | None) -> tuple[Any
             usage.completion_tokens)
 
 
-__all__ = ["PipelineWorker", "actor_resources", "run_file"]
+__all__ = ["PipelineWorker", "actor_resources", "init_local", "run_file"]

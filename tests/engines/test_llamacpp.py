@@ -142,6 +142,34 @@ async def test_guided_decoding_constrains_the_answer(engine: LlamaCppInferenceEn
     assert "".join(c.text for c in chunks) == text
 
 
+@pytest.mark.slow
+async def test_guided_greedy_answers_are_the_grammar_samplers(
+        engine: LlamaCppInferenceEngine) -> None:
+    """Greedy decoding checks the top token against the grammar instead of masking the
+    whole vocabulary: the answers are token for token those of llama-cpp-python's own
+    grammar sampler, including where the grammar refuses the model's first choice."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from inferline.core.configs import GuidedDecodingParams
+    from inferline.engines.llamacpp import grammar
+
+    story = Conversation.from_prompt("Write a long story about a dragon.")
+    prompts = [PERSON, Conversation.from_prompt("Chen Wei is 28 and lives in Beijing."), story]
+    # left free, the model starts the story in prose: the grammar refuses its first choice
+    assert not (await check.answer(engine, story, max_new_tokens=4)).startswith("{")
+    for guided in ({"json": SCHEMA}, {"regex": r"[A-Z][a-z]+ \d+"}):
+        ours = [r.last_message().text for r in await engine.ainfer(
+            prompts, check.config(max_new_tokens=32, guided_decoding=guided))]
+        gbnf = LlamaGrammar.from_string(grammar(GuidedDecodingParams(**guided), engine="t"),
+                                        verbose=False)
+        llm = engine._ready()
+        theirs = [llm.create_chat_completion(
+            [{"role": "user", "content": c.last_message().text}], grammar=gbnf,
+            temperature=0.0, max_tokens=32)["choices"][0]["message"]["content"]
+            for c in prompts]
+        assert ours == theirs, guided
+
+
 async def test_guided_decoding_llama_cannot_express_fails_the_request_only(
         engine: LlamaCppInferenceEngine) -> None:
     lookahead = check.config(guided_decoding={"regex": "(?=a)b"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,13 @@ import pytest
 
 from inferline.containers import build_container
 from inferline.errors import ConfigurationError
-from inferline.integrations.ray import REMOTE_CPUS, actor_resources, run_file
+from inferline.integrations.ray import (
+    REMOTE_CPUS,
+    actor_resources,
+    block_size,
+    init_local,
+    run_file,
+)
 from tests.fixtures.fault_server import FaultServer, Scenario, _serve_forever
 from tests.pipelines.test_pipeline import ECHO, remote, settings_file
 from tests.pipelines.test_runner import inferline, read_rows, write_rows
@@ -31,17 +38,14 @@ WORKER_TITLE = b"MapWorker(MapBatches(PipelineWorker))"  # a pool actor's proces
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A local Ray cluster for this module; its GCS address for other drivers.
-
-    Ray listens on every interface whatever it is told (it swaps 127.0.0.1 for the host's
-    address); its token authentication, on by default for a local cluster, guards it.
-    """
-    import logging
-
+    """A local Ray cluster for this module, listening on 127.0.0.1 only (``init_local``); its
+    GCS address for other drivers."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield str(ray.get_runtime_context().gcs_address)
+    init_local(num_cpus=2)
+    address = str(ray.get_runtime_context().gcs_address)
+    assert address.startswith("127.0.0.1:")
+    yield address
     ray.shutdown()
 
 
@@ -143,6 +147,18 @@ def test_actor_resources_follow_the_chain(tmp_path: Path, engines: dict[str, str
                                           wants: dict[str, float]) -> None:
     chains = build_container(settings_file(tmp_path, engines, list(engines))).chains()
     assert actor_resources([chains.get("main")], gpus) == wants
+
+
+@pytest.mark.parametrize(("todo", "batch", "actors", "rows"), [
+    (20_000, 64, 2, 2_496),  # 39 waves a block: 9 blocks, 4 or 5 per actor
+    (20_000, 256, 2, 2_304),
+    (1_000_000, 64, 4, 4_096),  # at most BLOCK_ROWS
+    (100, 64, 2, 64),  # at least one wave
+    (40, 2, 2, 4),
+])
+def test_a_block_holds_whole_waves_and_every_actor_gets_several(
+        todo: int, batch: int, actors: int, rows: int) -> None:
+    assert block_size(todo, batch, actors) == rows
 
 
 # -- on a local Ray cluster ------------------------------------------------------------------
@@ -295,3 +311,35 @@ def test_a_killed_driver_reruns_with_every_row_exactly_once(
     assert rerun.returncode == 0, rerun.stderr
     exactly_once(out, 60)
     assert f"({60 - done_before} ok, 0 failed, {done_before} already done)" in rerun.stderr
+
+
+@pytest.mark.slow
+def test_the_local_cluster_listens_on_loopback_only(ray_address: str) -> None:
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    ours = descendants(os.getpid())  # the GCS, raylet, agents and workers ray.init started
+    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+    mine = [line.split() for line in listening
+            if any(f"pid={pid}," in line for pid in ours)]
+    assert len(mine) >= 3, listening  # at least the GCS, and the raylet's two
+    assert {fields[3].rsplit(":", 1)[0] for fields in mine} <= {
+        "127.0.0.1", "[::ffff:127.0.0.1]"}, mine
+
+
+def descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        found.update(children)
+        todo.extend(children)
+    return found

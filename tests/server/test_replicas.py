@@ -142,15 +142,15 @@ def shared(redis: RedisServer, test: str) -> str:
     return f"state: {{backend: redis, url: \"{redis.url}\", prefix: \"{test}:\"}}\n"
 
 
-async def circuit(replica: Replica, engine: str) -> str:
-    status, body = await get_json(f"{replica.url}/ready")
+async def circuit(url: str, engine: str) -> str:
+    status, body = await get_json(f"{url}/ready")
     return str(body["engines"][engine]["state"])
 
 
-async def until(replica: Replica, engine: str, state: str, timeout_s: float = 5.0) -> None:
-    """Wait until ``replica``'s /ready shows ``engine`` in ``state``."""
+async def until(url: str, engine: str, state: str, timeout_s: float = 5.0) -> None:
+    """Wait until the /ready of the replica at ``url`` shows ``engine`` in ``state``."""
     deadline = time.monotonic() + timeout_s
-    while (seen := await circuit(replica, engine)) != state:
+    while (seen := await circuit(url, engine)) != state:
         assert time.monotonic() < deadline, f"{engine}: {seen}, not {state}"
         await asyncio.sleep(0.05)
 
@@ -168,7 +168,7 @@ async def test_a_circuit_opened_through_one_replica_is_skipped_by_the_other(
         status, body, _ = await chat(a.url, "main", f"a{i}")
         assert status == 200 and body["inferline"]["served_by"] == "good"
     assert len(bad.requests) == 3
-    await until(b, "bad", "circuit_open")  # B sees the circuit A opened
+    await until(b.url, "bad", "circuit_open")  # B sees the circuit A opened
     for i in range(5):
         status, body, _ = await chat(b.url, "main", f"b{i}")
         assert body["inferline"]["served_by"] == "good"
@@ -184,7 +184,7 @@ async def test_a_circuit_opened_through_one_replica_is_skipped_by_the_other(
     bad.mode = "ok"  # the engine recovers; the next trial, through A, closes it for B too
     await asyncio.sleep(2.1)
     assert (await chat(a.url, "main", "trial"))[1]["inferline"]["served_by"] == "bad"
-    await until(b, "bad", "available")
+    await until(b.url, "bad", "available")
     assert (await chat(b.url, "main", "after"))[1]["inferline"]["served_by"] == "bad"
 
 
@@ -247,3 +247,106 @@ async def test_tokens_per_minute_is_one_bucket_for_every_replica(redis_server) -
     assert time.monotonic() - start < 0.2
     for state in states:
         await state.aclose()
+
+
+async def test_tokens_per_minute_through_the_gateway_is_one_budget_for_both_replicas(
+        tmp_path, fault_server: FaultServer, redis_server, replicas) -> None:
+    tpm = 60_000  # 1,000 tokens a second, and a bucket of a minute's worth
+    metered = Scenario()
+    path = write_settings(tmp_path, engine_yaml("metered", fault_server.url(metered),
+                                                tokens_per_minute=tpm),
+                          "  main: [metered]\n", shared(redis_server, "tpm-gateway"))
+    a, b = await replicas(path)
+    status, _, _ = await chat(a.url, "main", " ".join(["tok"] * tpm))  # A spends the minute
+    assert status == 200
+    # 104 tokens each (100 prompt words, 4 answer words; the engine estimates 103 up front):
+    # B has not spent any, yet it waits for the bucket A emptied, as A does
+    prompt = " ".join(["tok"] * 100)
+    began = time.monotonic()
+    replies = await asyncio.gather(*[chat(r.url, "main", prompt) for _ in range(10)
+                                     for r in (a, b)])
+    assert [status for status, _, _ in replies] == [200] * 20
+    assert time.monotonic() - began >= 20 * 104 / 1000 * 0.8
+    times = sorted(r["t"] for r in metered.requests[1:])
+    rate = (len(times) - 1) * 104 / (times[-1] - times[0]) * 60
+    assert tpm * 0.8 <= rate <= tpm * 1.05, f"{rate:.0f} tokens/minute (limit {tpm})"
+
+
+# -- two `inferline serve` processes over one Redis ---------------------------------------
+
+async def serve(settings: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``inferline serve`` on 127.0.0.1 and a free port, in its own session: it and its URL."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([INFERLINE, "serve", "--settings", str(settings), "--host",
+                                 "127.0.0.1", "--port", "0"], stderr=log, start_new_session=True)
+    try:
+        return proc, await asyncio.to_thread(_wait_for_url, proc, log_path)
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+async def test_two_serve_processes_share_circuits_and_limits_and_outlive_redis(
+        tmp_path, fault_server: FaultServer, redis_factory) -> None:
+    redis = redis_factory()
+    bad, good, paced = Scenario(mode="status", status=503, faults=-1), Scenario(), Scenario()
+    rpm = 1200  # one request every 50 ms, whichever process sends it
+    path = write_settings(
+        tmp_path, engine_yaml("bad", fault_server.url(bad)) +
+        engine_yaml("good", fault_server.url(good)) +
+        engine_yaml("paced", fault_server.url(paced), requests_per_minute=rpm),
+        "  main: {engines: [bad, good], circuit_breaker: {failure_threshold: 3, cooldown_s: 60}}\n"
+        "  steady: [paced]\n", shared(redis, "processes"))
+    started = await asyncio.gather(serve(path, tmp_path / "a.log"),
+                                   serve(path, tmp_path / "b.log"), return_exceptions=True)
+    try:
+        for result in started:
+            if isinstance(result, BaseException):
+                raise result
+        (proc_a, a), (proc_b, b) = started  # type: ignore[misc]
+        assert proc_a.pid != proc_b.pid and a != b
+
+        for i in range(3):  # three straight failures of "bad", all through A
+            status, body, worker = await chat(a, "main", f"a{i}")
+            assert (status, body["inferline"]["served_by"], worker) == (200, "good",
+                                                                        str(proc_a.pid))
+        await until(b, "bad", "circuit_open")  # B's /ready shows the circuit A opened
+        for i in range(5):
+            status, body, worker = await chat(b, "main", f"b{i}")
+            assert (status, body["inferline"]["served_by"], worker) == (200, "good",
+                                                                        str(proc_b.pid))
+            assert body["inferline"]["attempts"][0]["message"] == "circuit open"
+        assert len(bad.requests) == 3  # B never called the engine
+
+        replies = await asyncio.gather(*[chat(url, "steady", f"{i}") for i in range(20)
+                                         for url in (a, b)])
+        assert [status for status, _, _ in replies] == [200] * 40
+        times = sorted(r["t"] for r in paced.requests)
+        rate = (len(times) - 1) / (times[-1] - times[0]) * 60
+        assert rpm * 0.8 <= rate <= rpm * 1.05, f"{rate:.0f} requests/minute (limit {rpm})"
+
+        redis.kill()
+        replies = await asyncio.gather(*[chat(url, "steady", f"q{i}") for i in range(5)
+                                         for url in (a, b)])
+        assert [(s, body["choices"][0]["message"]["content"]) for s, body, _ in replies] == [
+            (200, f"echo: q{i}") for i in range(5) for _ in (a, b)]
+        for url in (a, b):  # degraded, not down
+            status, body = await get_json(f"{url}/ready")
+            assert status == 200 and body["ready"] is True
+            assert body["state"]["status"] == "degraded", body["state"]
+    finally:
+        for result in started:
+            if not isinstance(result, BaseException):
+                stop(result[0])
+    for name in ("a.log", "b.log"):  # each logged the lost Redis once
+        assert (tmp_path / name).read_text().count("shared_state_unreachable") == 1
