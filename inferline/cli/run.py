@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", metavar="ADDR",
                         help="Ray cluster: auto, ray://host:10001 (default: a local one)")
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="Ray actors (default: one per GPU for a GPU chain, else per CPU)")
+                        help="Ray actors (default: one per GPU for a GPU chain, one per machine "
+                             "for a local engine on CPUs, else one per CPU)")
     parser.add_argument("--settings", metavar="FILE", help="settings YAML")
     parser.add_argument("--env", help="settings profile (dev, prod, ...)")
 

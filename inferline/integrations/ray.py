@@ -188,7 +188,7 @@ def _run(ray: Any, settings: InferlineSettings, pipeline: Pipeline, input_path: 
 
     began = time.monotonic()
     resources = actor_resources(pipeline.chains, ray.cluster_resources().get("GPU", 0))
-    actors = workers or _default_workers(ray, resources)
+    actors = workers or default_workers(ray, resources)
     with _Sink(output_path, errors_path, restart, stdout) as sink:
         total, spans = scan(input_path, sink.done, span_rows=batch_size)
         todo = sum(s.todo for s in spans)
@@ -233,9 +233,16 @@ def _quiet(ray: Any) -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
 
 
-def _default_workers(ray: Any, resources: dict[str, float]) -> int:
+def default_workers(ray: Any, resources: dict[str, float]) -> int:
+    """Actors when ``--workers`` is not given: one per GPU for a chain on GPUs; one per
+    machine for a local engine on CPUs (llama.cpp and torch use every core of theirs, so
+    two on one machine slow each other down many times over); one per CPU otherwise."""
     cluster = ray.cluster_resources()
-    return max(1, int(cluster.get("GPU" if "num_gpus" in resources else "CPU", 1)))
+    if "num_gpus" in resources:
+        return max(1, int(cluster.get("GPU", 1)))
+    if resources["num_cpus"] >= 1:
+        return max(1, sum(1 for node in ray.nodes() if node["Alive"]))
+    return max(1, int(cluster.get("CPU", 1)))
 
 
 #: the columns an actor sends back, one value per row
@@ -335,4 +342,4 @@ def _result(index: int, lineno: int, row: Any, outcome: Row | None) -> tuple[Any
             usage.completion_tokens)
 
 
-__all__ = ["PipelineWorker", "actor_resources", "init_local", "run_file"]
+__all__ = ["PipelineWorker", "actor_resources", "default_workers", "init_local", "run_file"]

@@ -26,6 +26,7 @@ from inferline.integrations.ray import (
     REMOTE_CPUS,
     actor_resources,
     block_size,
+    default_workers,
     init_local,
     run_file,
 )
@@ -120,6 +121,14 @@ def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     with pytest.raises(ConfigurationError, match=r"pip install 'inferline\[ray\]'"):
         run_file("echo", tmp_path / "in.jsonl")
+
+
+def test_default_pool_is_one_actor_per_machine_for_local_cpu_engines(ray_address: str) -> None:
+    import ray
+
+    assert ray.cluster_resources()["CPU"] == 2 and len(ray.nodes()) == 1
+    assert default_workers(ray, {"num_cpus": 1}) == 1  # llama.cpp on CPU: its threads fill it
+    assert default_workers(ray, {"num_cpus": REMOTE_CPUS}) == 2  # remote-only: one per CPU
 
 
 def test_ray_flags_need_the_ray_backend(tmp_path: Path) -> None:
