@@ -166,15 +166,38 @@ async def pump(request: web.Request, gw: Gateway, model: str,
     return None
 
 
-class _Stream:
+class StreamRecord:
+    """What a streamed answer has said so far: its text, and its finish reason, usage and
+    provenance as they arrive (chat completions and messages alike)."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.last = StreamChunk()
+
+    def note(self, chunk: StreamChunk) -> None:
+        last = self.last
+        last.served_by = chunk.served_by or last.served_by
+        last.finish_reason = chunk.finish_reason or last.finish_reason
+        last.usage = chunk.usage or last.usage
+        last.attempts = chunk.attempts or last.attempts
+        last.cost = chunk.cost or last.cost
+
+    def done(self, default_engine: str) -> Completion:
+        """What was streamed, as a completion (for provenance and metrics)."""
+        last = self.last
+        return Completion("", last.finish_reason, last.usage or Usage(),
+                          last.served_by or default_engine, last.attempts or [],
+                          cost=last.cost or FREE)
+
+
+class _Stream(StreamRecord):
     """One streamed answer: its SSE writer and what it has said so far."""
 
     def __init__(self, request: web.Request, req: ChatRequest) -> None:
+        super().__init__()
         self.request, self.req = request, req
         self.cid, self.created = new_completion_id(), int(time.time())
         self.sse = SseWriter(request)
-        self.text: list[str] = []
-        self.last = StreamChunk()  # finish_reason, usage and provenance, as they arrive
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return chunk_body(self.cid, self.created, self.req.model, delta, finish)
@@ -189,19 +212,7 @@ class _Stream:
         if chunk.tool_calls:
             await self.sse.send(self._chunk({"tool_calls": [tool_call_delta(d)
                                                             for d in chunk.tool_calls]}))
-        last = self.last
-        last.served_by = chunk.served_by or last.served_by
-        last.finish_reason = chunk.finish_reason or last.finish_reason
-        last.usage = chunk.usage or last.usage
-        last.attempts = chunk.attempts or last.attempts
-        last.cost = chunk.cost or last.cost
-
-    def done(self, default_engine: str) -> Completion:
-        """What was streamed, as a completion (for provenance and metrics)."""
-        last = self.last
-        return Completion("", last.finish_reason, last.usage or Usage(),
-                          last.served_by or default_engine, last.attempts or [],
-                          cost=last.cost or FREE)
+        self.note(chunk)
 
     async def finish(self, served: dict[str, Any]) -> web.StreamResponse:
         if not self.sse.started:  # an engine that said nothing at all

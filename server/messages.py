@@ -18,9 +18,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from inferline.core.cost import FREE
 from inferline.core.types import ToolCallDelta
-from inferline.engines.base import Completion, Generator, StreamChunk, Usage
+from inferline.engines.base import Completion, Generator, StreamChunk
 from inferline.errors import InferlineError
 from inferline.server._json import dumps
 from inferline.server.anthropic_api import (
@@ -37,7 +36,7 @@ from inferline.server.anthropic_api import (
     text_delta,
     tool_use_block,
 )
-from inferline.server.chat import ENGINE_HEADER, answer, pump, record_success
+from inferline.server.chat import ENGINE_HEADER, StreamRecord, answer, pump, record_success
 from inferline.server.context import LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
 from inferline.server.gateway import Gateway
@@ -76,14 +75,13 @@ class _EventWriter(SseWriter):
         return self.response
 
 
-class _MessageStream:
+class _MessageStream(StreamRecord):
     """One streamed message: its event writer and what it has said so far."""
 
     def __init__(self, request: web.Request, model: str) -> None:
+        super().__init__()
         self.request, self.model = request, model
         self.sse = _EventWriter(request)
-        self.text: list[str] = []
-        self.last = StreamChunk()  # finish_reason, usage and provenance, as they arrive
         self.index, self.in_text = 0, True  # the open content block (text block 0 at first)
         self.calls: dict[int, int] = {}  # a tool call's index -> its content block's index
 
@@ -118,19 +116,7 @@ class _MessageStream:
             await self.sse.event(text_delta(chunk.text, self.index))
         if chunk.tool_calls:
             await self._add_calls(chunk.tool_calls)
-        last = self.last
-        last.served_by = chunk.served_by or last.served_by
-        last.finish_reason = chunk.finish_reason or last.finish_reason
-        last.usage = chunk.usage or last.usage
-        last.attempts = chunk.attempts or last.attempts
-        last.cost = chunk.cost or last.cost
-
-    def done(self, default_engine: str) -> Completion:
-        """What was streamed, as a completion (for provenance and metrics)."""
-        last = self.last
-        return Completion("", last.finish_reason, last.usage or Usage(),
-                          last.served_by or default_engine, last.attempts or [],
-                          cost=last.cost or FREE)
+        self.note(chunk)
 
     async def finish(self, done: Completion) -> web.StreamResponse:
         if not self.sse.started:  # an engine that said nothing at all
