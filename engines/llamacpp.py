@@ -288,9 +288,12 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
 
 class TopTokenGrammar:
     """A llama-cpp-python logits processor for greedy decoding under a grammar: the top token
-    is checked against the grammar alone, and only when the grammar refuses it are the
-    logits of every token it refuses set to -inf. It advances the grammar with the tokens
-    the model took, seen at the next call; ``close()`` frees the llama.cpp sampler."""
+    is checked against the grammar alone. When the grammar refuses it, the next best tokens
+    are checked, and only when none of them wins for sure are the logits of every token the
+    grammar refuses set to -inf. It advances the grammar with the tokens the model took, seen
+    at the next call; ``close()`` frees the llama.cpp sampler."""
+
+    FEW = 64  # tokens checked after a refusal, before the whole vocabulary
 
     def __init__(self, llm: Llama, gbnf: LlamaGrammar) -> None:
         import llama_cpp
@@ -299,16 +302,22 @@ class TopTokenGrammar:
         self._api, self._np = llama_cpp, np
         self._sampler = llama_cpp.llama_sampler_init_grammar(
             llm._model.vocab, gbnf._grammar.encode(), gbnf._root.encode())
-        self._one = llama_cpp.llama_token_data_array(
-            data=(llama_cpp.llama_token_data * 1)(), size=1, selected=-1, sorted=False)
-        self._all: Any = None  # every token, built on the first refusal
+        self._buffers: dict[int, Any] = {}  # token data arrays, by size
         self._seen = -1  # tokens of the sequence already given to the grammar
 
-    def _allows(self, token: int) -> bool:
-        one: Any = self._one.data[0]  # (llama_cpp types the id field as the ctypes class)
-        one.id, one.logit = token, 0.0
-        self._api.llama_sampler_apply(self._sampler, ctypes.byref(self._one))
-        return bool(one.logit == 0.0)
+    def _apply(self, ids: Any, logits: Any) -> Any:
+        """``logits`` of the tokens ``ids``, with -inf for those the grammar refuses now."""
+        np = self._np
+        if len(ids) not in self._buffers:
+            data = np.zeros(len(ids), dtype=np.dtype(
+                [("id", np.intc), ("logit", np.single), ("p", np.single)], align=True))
+            self._buffers[len(ids)] = data, self._api.llama_token_data_array(
+                data=data.ctypes.data_as(self._api.llama_token_data_p),
+                size=len(ids), selected=-1, sorted=False)
+        data, array = self._buffers[len(ids)]
+        data["id"], data["logit"] = ids, logits
+        self._api.llama_sampler_apply(self._sampler, ctypes.byref(array))
+        return data["logit"].copy()
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         np = self._np
@@ -317,19 +326,18 @@ class TopTokenGrammar:
         for token in input_ids[self._seen:]:
             self._api.llama_sampler_accept(self._sampler, int(token))
         self._seen = len(input_ids)
-        if self._allows(int(np.argmax(scores))):
+        top = np.argmax(scores)
+        if self._apply(top[None], scores[top, None])[0] != -np.inf:
             return scores
-        if self._all is None:
-            data = np.zeros(len(scores), dtype=np.dtype(
-                [("id", np.intc), ("logit", np.single), ("p", np.single)], align=True))
-            data["id"] = np.arange(len(scores))
-            self._all = (data, self._api.llama_token_data_array(
-                data=data.ctypes.data_as(self._api.llama_token_data_p),
-                size=len(scores), selected=-1, sorted=False))
-        data, array = self._all
-        data["logit"] = scores
-        self._api.llama_sampler_apply(self._sampler, ctypes.byref(array))
-        return data["logit"].copy()
+        # The best token the grammar allows among the next best is the answer when its
+        # logit beats every token outside them (a tie could go to one outside).
+        few = np.argpartition(scores, -self.FEW)[-self.FEW:]
+        allowed = self._apply(few, scores[few])
+        if allowed.max() > scores[few].min():
+            out = scores.copy()
+            out[few] = allowed
+            return out
+        return self._apply(np.arange(len(scores)), scores)
 
     def close(self) -> None:
         if self._sampler:
@@ -345,7 +353,10 @@ def grammar(guided: GuidedDecodingParams, *, engine: str) -> str:
     try:
         if guided.json_schema is not None:
             kind = "json"
-            return str(json_schema_to_gbnf(json.dumps(guided.json_schema)))
+            # JSON forbids control characters in strings; llama-cpp-python's converter lets
+            # them in (a raw newline mid-string, and the answer no longer parses)
+            gbnf = str(json_schema_to_gbnf(json.dumps(guided.json_schema)))
+            return gbnf.replace(r'char ::= [^"\\] ', r'char ::= [^"\\\x7F\x00-\x1F] ')
         if guided.regex is not None:
             kind = "regex"
             return regex_gbnf(guided.regex)

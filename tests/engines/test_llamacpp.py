@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from inferline.core.configs import GenerationParams, ModelParams
 from inferline.core.types import Conversation
-from inferline.engines.llamacpp import LlamaCppInferenceEngine
+from inferline.engines.llamacpp import LlamaCppInferenceEngine, TopTokenGrammar
 from inferline.errors import (
     ConfigurationError,
     EngineUnavailableError,
@@ -143,15 +143,19 @@ async def test_guided_decoding_constrains_the_answer(engine: LlamaCppInferenceEn
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("few", [TopTokenGrammar.FEW, 1], ids=["next-best", "whole-vocab"])
 async def test_guided_greedy_answers_are_the_grammar_samplers(
-        engine: LlamaCppInferenceEngine) -> None:
+        engine: LlamaCppInferenceEngine, few: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Greedy decoding checks the top token against the grammar instead of masking the
-    whole vocabulary: the answers are token for token those of llama-cpp-python's own
-    grammar sampler, including where the grammar refuses the model's first choice."""
+    whole vocabulary (then the next best tokens, then every token): the answers are token
+    for token those of llama-cpp-python's own grammar sampler, including where the grammar
+    refuses the model's first choice."""
     from llama_cpp.llama_grammar import LlamaGrammar
 
     from inferline.core.configs import GuidedDecodingParams
     from inferline.engines.llamacpp import grammar
+
+    monkeypatch.setattr(TopTokenGrammar, "FEW", few)
 
     story = Conversation.from_prompt("Write a long story about a dragon.")
     prompts = [PERSON, Conversation.from_prompt("Chen Wei is 28 and lives in Beijing."), story]
@@ -168,6 +172,31 @@ async def test_guided_greedy_answers_are_the_grammar_samplers(
             temperature=0.0, max_tokens=32)["choices"][0]["message"]["content"]
             for c in prompts]
         assert ours == theirs, guided
+
+
+def test_json_grammar_keeps_control_characters_out_of_strings(
+        engine: LlamaCppInferenceEngine) -> None:
+    """Mid-string, a raw newline the model would write next is refused (JSON forbids it, and
+    an answer holding one does not parse); a backslash, starting an escaped one, is not."""
+    import numpy as np
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from inferline.core.configs import GuidedDecodingParams
+    from inferline.engines.llamacpp import grammar
+
+    engine.load()
+    llm = engine._ready()
+    gbnf = LlamaGrammar.from_string(grammar(GuidedDecodingParams(json=SCHEMA), engine="t"),
+                                    verbose=False)
+    prefix = llm.tokenize(b'{"name": "Al', add_bos=False)
+    for text, allowed in ((b"\n", False), (b"\\", True)):
+        [token] = llm.tokenize(text, add_bos=False)
+        scores = np.zeros(llm.n_vocab(), dtype=np.single)
+        scores[token] = 1.0  # the model's top choice
+        check = TopTokenGrammar(llm, gbnf)
+        check([], scores)  # an empty prompt
+        assert (int(np.argmax(check(prefix, scores))) == token) is allowed, text
+        check.close()
 
 
 async def test_guided_decoding_llama_cannot_express_fails_the_request_only(
