@@ -282,10 +282,7 @@ class BaseInferenceEngine(Generator):
         # attributes, not model_dump(): model_copy does not re-validate, so nested
         # models (guided_decoding) must stay models
         overrides = {k: getattr(config.generation, k) for k in config.generation.model_fields_set}
-        params = self.generation_params.model_copy(update=overrides)
-        if overrides.keys() <= self.get_supported_params():
-            return params  # the engine's own params passed the check; these it honours
-        return self._check_params(params)
+        return self._check_params(self.generation_params.model_copy(update=overrides))
 
     # -- lifecycle --------------------------------------------------------------
 

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -71,9 +70,9 @@ class RemoteInferenceEngine(BaseRemoteEngine):
         base: Body = {"model": self.model_params.model_name} if self.model_params.model_name else {}
         base[self.max_tokens_field] = params.max_new_tokens
         base["temperature"] = params.temperature
-        for key, field, default in _api_defaults(type(self)):
-            if (value := getattr(params, key)) != default:
-                base[field] = value
+        for key, value in params.non_default().items():
+            if key in self.api_fields:
+                base[self.api_fields[key]] = value
         if params.guided_decoding is not None:
             base.update(self._guided(params.guided_decoding))
         if params.tools:
@@ -164,14 +163,6 @@ class ParasailInferenceEngine(RemoteInferenceEngine):
     engine_type = InferenceEngineType.PARASAIL
     default_api_url = "https://api.parasail.io/v1/chat/completions"
     default_api_key_env = "PARASAIL_API_KEY"
-
-
-@functools.cache
-def _api_defaults(cls: type[RemoteInferenceEngine]) -> list[tuple[str, str, Any]]:
-    """``cls.api_fields`` in ``GenerationParams`` order, each with its request field and its
-    default (sent only when the value differs)."""
-    return [(key, cls.api_fields[key], field.get_default(call_default_factory=True))
-            for key, field in GenerationParams.model_fields.items() if key in cls.api_fields]
 
 
 def _message(message: Message) -> dict[str, Any]:

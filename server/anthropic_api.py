@@ -44,7 +44,6 @@ from inferline.core.types import (
 from inferline.engines.base import Completion, Usage
 from inferline.server.errors import ApiError
 from inferline.server.openai_api import (  # pydantic's errors -> a 400 naming the field
-    REQUEST_MODEL,
     _invalid,
     parse_request,
 )
@@ -201,7 +200,7 @@ class MessagesRequest(_Strict):
             if self.tool_choice.type == "tool" and choice not in {t.name for t in self.tools or ()}:
                 raise ApiError(400, f"tool_choice names {choice!r}, which is not in tools",
                                param="tool_choice.name", code="invalid_value")
-        return InferenceConfig(model=REQUEST_MODEL, generation=GenerationParams(**fields))
+        return InferenceConfig(generation=GenerationParams(**fields))
 
 
 def _turns(messages: list[InputMessage]) -> list[Message]:

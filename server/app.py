@@ -52,10 +52,8 @@ def create_app(chains: Catalog[Generator], engines: Catalog[Generator],
     gateway = Gateway(chains, engines, pipelines, full)
     keys = keys if keys is not None else ApiKeys.from_env(settings.api_key_env_varnames)
     budgets = Budgets(settings.budgets, keys, store=spend_store)
-    # no keys, no budgets: those two would pass every request on, so they are left out
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
-        access_middleware, *([auth_middleware(keys)] if keys else []),
-        *([budget_middleware(budgets)] if budgets else []),
+        access_middleware, auth_middleware(keys), budget_middleware(budgets),
         limits_middleware(settings, gateway.in_flight)])
     app[GATEWAY], app[BUDGETS] = gateway, budgets
     add_routes(app)

@@ -34,7 +34,6 @@ from inferline.core.configs import (
     GenerationParams,
     GuidedDecodingParams,
     InferenceConfig,
-    ModelParams,
     ToolSpec,
 )
 from inferline.core.types import (
@@ -51,9 +50,6 @@ from inferline.server.errors import ApiError
 
 IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
                             "prompt_cache_key", "safety_identifier"})
-#: every request's ``InferenceConfig.model``: engines take theirs from their settings, and
-#: nothing reads or changes this one (sharing it spares pydantic's copy of the default)
-REQUEST_MODEL = ModelParams()
 _ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER,
           "assistant": Role.ASSISTANT, "tool": Role.TOOL}
 
@@ -195,8 +191,7 @@ class ChatRequest(_Strict):
     @cached_property
     def inference_config(self) -> InferenceConfig:
         """Only the fields the client set; the engine's own defaults fill the rest."""
-        return InferenceConfig(model=REQUEST_MODEL,
-                               generation=GenerationParams(**self._generation_fields()))
+        return InferenceConfig(generation=GenerationParams(**self._generation_fields()))
 
     def _generation_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}

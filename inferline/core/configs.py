@@ -147,8 +147,9 @@ class GenerationParams(_Params):
 class InferenceConfig(_Params):
     """Everything ``inferline infer`` needs: engine, model, generation, remote params, files."""
 
-    model: ModelParams = ModelParams()
-    generation: GenerationParams = GenerationParams()
+    # factories: a new default is cheaper to build than pydantic's deep copy of one
+    model: ModelParams = Field(default_factory=ModelParams)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
     remote_params: RemoteParams | None = None
     engine: InferenceEngineType | None = None
     input_path: str | None = None
