@@ -313,7 +313,9 @@ class PipelineWorker:
             COLUMNS, zip(*results, strict=True), strict=True)})
 
     def __del__(self) -> None:  # Ray Data drops the actor's UDF on a clean shutdown
-        if hasattr(self, "_stack"):
+        # at interpreter exit the portal's thread is frozen (it would wait forever), and
+        # the engines' own exit hook has closed their sessions
+        if hasattr(self, "_stack") and not sys.is_finalizing():
             portal.run(self._stack.aclose())  # closes every engine built
 
 

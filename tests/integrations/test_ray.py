@@ -116,6 +116,18 @@ def test_importing_inferline_and_the_integration_pulls_no_ray() -> None:
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_a_process_holding_a_worker_exits(tmp_path: Path) -> None:
+    """A worker still referenced at interpreter exit (a script's global) does not hang it."""
+    settings, pipeline, _ = echo_job(tmp_path, {"a": remote("http://127.0.0.1:9/v1")}, 1)
+    code = ("import sys; from inferline.integrations.ray import PipelineWorker, _resolve; "
+            "from inferline.core.portal import portal; "
+            "s, p = portal.run(_resolve(sys.argv[1], sys.argv[2], None)); "
+            "w = PipelineWorker(s, p.spec, 'in.jsonl'); print('built')")
+    result = subprocess.run([sys.executable, "-c", code, str(pipeline), str(settings)],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "built\n"), result.stderr
+
+
 def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
