@@ -5,7 +5,8 @@
 Everything runs on loopback, each server in its own process: a stub OpenAI-style upstream
 (a chat completion at once; with ``stream`` 64 deltas 20 ms apart, each stamped with the
 stub's clock), ``inferline serve`` (the real CLI; one chain whose only engine is a
-RemoteInferenceEngine pointing at the stub), a minimal aiohttp proxy (posts the body upstream
+RemoteInferenceEngine pointing at the stub), the same with ``--workers 2`` (two processes on
+one port, one per core here), a minimal aiohttp proxy (posts the body upstream
 with one ClientSession and hands the bytes back: the floor for any Python gateway), and,
 when installed, LiteLLM's proxy (1 worker, the same stub). The client is this process
 (aiohttp). Rounds alternate the targets, so all see the same machine. Measured:
@@ -166,12 +167,14 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log_path: Path, marker: str) -
     raise RuntimeError(f"{log_path.name} did not start:\n{log_path.read_text()[-3000:]}")
 
 
-def start_gateway(settings: Path, tag: str = "") -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(settings: Path, tag: str = "",
+                  workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     """``inferline serve`` on a free port; its URL from the line it prints on stderr."""
     exe = Path(sys.executable).with_name("inferline")
     log_path = settings.with_name(f"gateway{tag}.log")
     with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall it
-        proc = subprocess.Popen([str(exe), "serve", "--settings", str(settings), "--port", "0"],
+        proc = subprocess.Popen([str(exe), "serve", "--settings", str(settings), "--port", "0",
+                                 "--workers", str(workers)],
                                 stdout=log, stderr=log, start_new_session=True)
     return proc, _wait_for_line(proc, log_path, "serving on").rsplit(" ", 1)[-1].strip()
 
@@ -445,8 +448,11 @@ def main() -> None:
             procs += [stub, floor]
             start = startups(stub_url, folder)
             gateway, gateway_url = start_gateway(gateway_settings(stub_url, folder))
-            procs.append(gateway)
-            urls = {"direct": stub_url, "gateway": gateway_url, "floor": floor_url}
+            # the same gateway as 2 processes on one port (--workers 2): one per core here
+            gateway2, gateway2_url = start_gateway(gateway_settings(stub_url, folder), "2", 2)
+            procs += [gateway, gateway2]
+            urls = {"direct": stub_url, "gateway": gateway_url, "gateway_2_workers": gateway2_url,
+                    "floor": floor_url}
             litellm: dict[str, Any] = {}
             if LITELLM.exists():
                 proc, url, ready = start_litellm(stub_url, folder)

@@ -39,15 +39,12 @@ def _logging(settings: InferlineSettings) -> Iterator[None]:
     yield
 
 
-async def _engine_shutdown(engines: EngineCatalog) -> AsyncIterator[EngineCatalog]:
-    yield engines
-    await engines.aclose()
-
-
-async def _state_shutdown(state: RedisState | None) -> AsyncIterator[RedisState | None]:
-    yield state
-    if state is not None:
-        await state.aclose()
+async def _closed_on_shutdown(
+        resource: EngineCatalog | RedisState | None,
+) -> AsyncIterator[EngineCatalog | RedisState | None]:
+    yield resource
+    if resource is not None:
+        await resource.aclose()
 
 
 class Container(containers.DeclarativeContainer):
@@ -55,12 +52,12 @@ class Container(containers.DeclarativeContainer):
     logging = providers.Resource(_logging, settings)
     engine_overrides = providers.Dict()
     state = providers.Singleton(shared_state, settings.provided.state)  # replicas share it
-    state_shutdown = providers.Resource(_state_shutdown, state)
+    state_shutdown = providers.Resource(_closed_on_shutdown, state)
     engines = providers.Singleton(EngineCatalog, settings.provided.engines,
                                   overrides=engine_overrides, limits=state,
                                   replay=settings.provided.replay,
                                   cassette=settings.provided.replay_cassette)
-    engine_shutdown = providers.Resource(_engine_shutdown, engines)
+    engine_shutdown = providers.Resource(_closed_on_shutdown, engines)
     chains = providers.Singleton(ChainCatalog, settings.provided.chains, engines, store=state)
     pipelines = providers.Singleton(PipelineCatalog, settings.provided.pipelines, chains)
 

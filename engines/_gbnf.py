@@ -12,6 +12,7 @@ cannot say (lookarounds, back-references) is a ``ValueError`` naming it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from re import _constants as sre  # type: ignore[attr-defined]
@@ -55,23 +56,15 @@ def regex_gbnf(pattern: str) -> str:
 
 def _seq(items: list[tuple[Any, Any]]) -> str:
     parts: list[str] = []
-    text = ""
-    for op, av in items:
-        if op is sre.LITERAL:  # runs of plain characters become one literal
-            text += chr(av)
-            continue
-        if text:
-            parts, text = [*parts, literal(text)], ""
-        if part := _item(op, av):
-            parts.append(part)
-    if text:
-        parts.append(literal(text))
+    for plain, run in itertools.groupby(items, key=lambda item: item[0] is sre.LITERAL):
+        if plain:  # runs of plain characters become one literal
+            parts.append(literal("".join(chr(av) for _, av in run)))
+        else:
+            parts += [part for op, av in run if (part := _item(op, av))]
     return " ".join(parts) or '""'
 
 
 def _item(op: Any, av: Any) -> str:
-    if op is sre.LITERAL:
-        return literal(chr(av))
     if op is sre.NOT_LITERAL:
         return f"[^{_char(av, quoted=False)}]"
     if op is sre.ANY:

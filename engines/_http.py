@@ -89,7 +89,6 @@ class LoopStates:
                 await asyncio.wrap_future(
                     asyncio.run_coroutine_threadsafe(state.session.close(), loop))
 
-
     def close_from_outside(self) -> None:
         """Close sessions whose loop runs in another thread (the sync API's portal)."""
         for loop, state in list(self._states.items()):
@@ -129,12 +128,12 @@ def _is_connect_timeout(exc: BaseException) -> bool:
 
 
 def transport_error(exc: BaseException, *, engine: str, timeout_s: float,
-                    scrub: Scrub, connect_timeout_s: float | None = None) -> RetryableEngineError:
+                    connect_timeout_s: float, scrub: Scrub) -> RetryableEngineError:
     """A timeout or connection failure (refused, reset, DNS) as a retryable error.
 
     A connect that timed out names ``connect_timeout``, not the whole-request limit.
     """
-    if connect_timeout_s is not None and _is_connect_timeout(exc):
+    if _is_connect_timeout(exc):
         return RetryableEngineError(f"could not connect within {connect_timeout_s:g}s "
                                     "(remote_params.connect_timeout)", engine=engine)
     if isinstance(exc, asyncio.TimeoutError):

@@ -19,10 +19,7 @@ _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", 
 
 def sniff_mime(data: bytes) -> str:
     """The image type from its first bytes (PNG, JPEG, GIF, WebP); PNG if unknown."""
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            return mime
-    return "image/png"
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), "image/png")
 
 
 def image_bytes(item: ContentItem) -> tuple[str, bytes]:

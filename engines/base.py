@@ -84,10 +84,11 @@ class Completion:
                "usage": self.usage.as_dict(), "cost": self.cost.usd}
         return out if self.cache is None else {**out, "cache": self.cache}
 
-
-def tool_call_deltas(calls: Sequence[ToolCall]) -> list[ToolCallDelta]:
-    """Whole tool calls as stream pieces, one each."""
-    return [ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(calls)]
+    def as_chunk(self, attempts: list[Attempt] | None = None) -> StreamChunk:
+        """The whole answer as one (last) stream chunk; each tool call is one whole piece."""
+        calls = [ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(self.tool_calls)]
+        return StreamChunk(self.text, self.finish_reason, self.usage, self.served_by or None,
+                           attempts, tool_calls=calls or None)
 
 
 #: ``GenerationParams`` fields an engine takes only when it ``can_call_tools``
@@ -149,7 +150,10 @@ class Generator(ABC):
     # Hooks that may do nothing, so not abstract (B027).
 
     def preflight(self) -> None:  # noqa: B027
-        """Cheap check that this can run here; raises ``EngineUnavailableError``."""
+        """Cheap check that this can run here; raises ``EngineUnavailableError``.
+
+        Looks for packages, files, keys and memory. Loads nothing.
+        """
 
     async def aload(self) -> None:  # noqa: B027
         """Load whatever must be loaded before the first call."""
@@ -286,12 +290,6 @@ class BaseInferenceEngine(Generator):
 
     # -- lifecycle --------------------------------------------------------------
 
-    def preflight(self) -> None:
-        """Cheap check that the engine can run here; raises ``EngineUnavailableError``.
-
-        Looks for packages, files, keys and memory. Loads nothing.
-        """
-
     def load(self) -> None:
         """Load weights / open resources, once. Later calls return at once."""
         if self._loaded:
@@ -396,8 +394,7 @@ class BaseInferenceEngine(Generator):
         [done] = await self._agenerate([conversation], params)
         if not isinstance(done, Completion):
             raise done
-        yield StreamChunk(done.text, done.finish_reason, done.usage,
-                          tool_calls=tool_call_deltas(done.tool_calls) or None)
+        yield done.as_chunk()
 
     def describe(self) -> dict[str, Any]:
         """Capabilities, for ``inferline engines`` and the gateway's /ready."""

@@ -37,7 +37,6 @@ from inferline.engines.base import (
     Outcome,
     StreamChunk,
     Usage,
-    tool_call_deltas,
 )
 from inferline.errors import EngineUnavailableError, InferlineError
 
@@ -219,10 +218,9 @@ def apply_cache_control(header: str | None) -> None:
     """Narrow caches for the rest of the current task by an HTTP ``Cache-Control`` header:
     ``no-cache`` reads no cache, ``no-store`` writes none (a gateway request is one task)."""
     directives = {d.strip().split("=")[0] for d in (header or "").lower().split(",")}
-    if {"no-cache", "no-store"} & directives:
-        outer = _control.get() or CacheControl()
-        _control.set(CacheControl(outer.no_read or "no-cache" in directives,
-                                  outer.no_write or "no-store" in directives))
+    outer = _control.get() or CacheControl()
+    _control.set(CacheControl(outer.no_read or "no-cache" in directives,
+                              outer.no_write or "no-store" in directives))
 
 
 def cache_layers(*layers: CacheSettings | None) -> CacheSettings | None:
@@ -453,9 +451,7 @@ class CachedEngine(EngineWrapper):
             else None
         hit = (await self.store.aget_many([key]))[0] if read and key else None
         if hit is not None:
-            done = from_entry(hit, self.name)
-            yield StreamChunk(done.text, done.finish_reason, done.usage, self.name,
-                              tool_calls=tool_call_deltas(done.tool_calls) or None)
+            yield from_entry(hit, self.name).as_chunk()
             return
         text: list[str] = []
         async for chunk in self.inner.astream(conversation, inference_config):

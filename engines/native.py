@@ -123,9 +123,8 @@ class NativeTextInferenceEngine(LocalInferenceEngine):
 
     def _load(self) -> None:
         path = resolve_model(self.model_params.model_name, "hf", engine=self.name)
-        tokenizer_path = self.model_params.tokenizer_name or path
-        if self.model_params.tokenizer_name:
-            tokenizer_path = resolve_model(tokenizer_path, "hf", engine=self.name)
+        tokenizer = self.model_params.tokenizer_name
+        tokenizer_path = resolve_model(tokenizer, "hf", engine=self.name) if tokenizer else path
         try:
             self._tokenizer = self._load_tokenizer(tokenizer_path)
             self._model = self._load_model(path)

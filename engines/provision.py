@@ -44,11 +44,8 @@ def gguf_marker(gguf: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def valid(marker: Path, files: dict[str, Path], dtype: str | None = None) -> bool:

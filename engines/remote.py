@@ -78,8 +78,6 @@ class BaseRemoteEngine(BaseInferenceEngine):
     #: used when ``remote_params.api_url`` / ``api_key_env_varname`` are not set
     default_api_url: ClassVar[str | None] = None
     default_api_key_env: ClassVar[str | None] = None
-    #: whether ``_refresh_auth`` must run before each request (expiring tokens)
-    refreshes_auth: ClassVar[bool] = False
 
     def __init__(self, model_params: ModelParams, *,
                  generation_params: GenerationParams | None = None,
@@ -154,7 +152,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
         return key
 
     async def _refresh_auth(self) -> None:
-        """Engines with expiring credentials (``refreshes_auth``) renew them here."""
+        """Runs before each request: engines with expiring credentials renew them here."""
 
     def _headers(self) -> dict[str, str] | None:
         """Built once per key value; the key is read from the environment on every call."""
@@ -193,8 +191,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
                 if estimate:
                     await state.limiter.acquire(estimate)
                 async with state.slots:
-                    if self.refreshes_auth:
-                        await self._refresh_auth()
+                    await self._refresh_auth()
                     try:
                         began = time.perf_counter()
                         async with state.session.post(

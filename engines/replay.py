@@ -30,7 +30,7 @@ import orjson
 
 from inferline.core.configs import InferenceConfig
 from inferline.core.types import Conversation, ToolCall
-from inferline.engines.base import Completion, Outcome, StreamChunk, Usage, tool_call_deltas
+from inferline.engines.base import Completion, Outcome, StreamChunk, Usage
 from inferline.engines.cache import Engine, EngineWrapper, RequestKeys, request_key
 from inferline.errors import (
     Attempt,
@@ -205,8 +205,7 @@ class ReplayEngine(EngineWrapper):
             [done] = await self._replay([conversation], inference_config)
             if not isinstance(done, Completion):
                 raise done
-            yield StreamChunk(done.text, done.finish_reason, done.usage, self.name,
-                              done.attempts, tool_calls=tool_call_deltas(done.tool_calls) or None)
+            yield done.as_chunk(done.attempts)
             return
         [request] = await self.keys.arequests([conversation], inference_config)
         text: list[str] = []

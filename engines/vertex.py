@@ -46,7 +46,6 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.GOOGLE_VERTEX
     default_api_url = API_URL
-    refreshes_auth = True
     token_refresh_margin_s: float = 300.0
 
     def __init__(self, model_params: ModelParams, *,
@@ -94,15 +93,17 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     # -- tokens ---------------------------------------------------------------------
 
     async def _refresh_auth(self) -> None:
-        if not self._token_fresh():
-            await self._refresh_once()
+        """One refresh in a thread, shared by every request of this loop that needs it."""
+        if self._token_fresh():
+            return
+        task = self._refreshing
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            task = self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._refresh))
+        await asyncio.shield(task)
 
-    def _headers(self) -> dict[str, str] | None:
-        token = self._credentials.token
-        if token != self._key:
-            self._key = token
-            self._key_headers = {**self._base_headers(), "Authorization": f"Bearer {token}"}
-        return self._key_headers
+    def _api_key(self) -> str | None:
+        """The access token (``_refresh_auth`` has just made sure it is fresh)."""
+        return str(self._credentials.token)
 
     def _token_fresh(self) -> bool:
         creds = self._credentials
@@ -114,13 +115,6 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         expiry: dt.datetime = (creds.expiry if creds.expiry.tzinfo
                                else creds.expiry.replace(tzinfo=dt.UTC))
         return (expiry - now).total_seconds() > self.token_refresh_margin_s
-
-    async def _refresh_once(self) -> None:
-        """One refresh in a thread, shared by every request of this loop that needs it."""
-        task = self._refreshing
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            task = self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._refresh))
-        await asyncio.shield(task)
 
     def _refresh(self) -> None:
         import google.auth.transport.requests

@@ -120,7 +120,7 @@ class Breakers(dict[str, CircuitBreaker]):
     (when given) also with every replica.
 
     breakers = Breakers(store)
-    breaker = breaker_for(breakers, "openai", failure_threshold=5, cooldown_s=30)
+    chain = FallbackChain("default", engines, settings, breakers)  # makes them on first use
     """
 
     def __init__(self, store: BreakerStore | None = None) -> None:
@@ -142,15 +142,3 @@ class Breakers(dict[str, CircuitBreaker]):
             breaker.mirror(circuit)
             out[name] = breaker
         return out
-
-
-def breaker_for(breakers: dict[str, CircuitBreaker], name: str, failure_threshold: int,
-                cooldown_s: float) -> CircuitBreaker:
-    """Engine ``name``'s breaker in ``breakers``, made on first use (shared through the
-    registry's store, when it has one)."""
-    breaker = breakers.get(name)
-    if breaker is None:
-        store = breakers.store if isinstance(breakers, Breakers) else None
-        breaker = breakers[name] = CircuitBreaker(failure_threshold, cooldown_s,
-                                                  store=store, key=name)
-    return breaker

@@ -43,14 +43,11 @@ class ChainCatalog:
     def get(self, name: str, *, cache: CacheSettings | None = None) -> FallbackChain:
         """The chain called ``name``; with ``cache`` (a pipeline step's), a twin whose
         engines use that cache over the chain's and their own."""
-        key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
-        if key not in self._built:
-            spec = self.specs.get(name)
-            if spec is None:
-                hint = next(iter(difflib.get_close_matches(name, self.names(), 1)), None)
-                raise ConfigurationError(f"unknown chain {name!r}", key="chains", hint=hint)
-            self._built[key] = self._chain(name, spec, cache)
-        return self._built[key]
+        spec = self.specs.get(name)
+        if spec is None:
+            hint = next(iter(difflib.get_close_matches(name, self.names(), 1)), None)
+            raise ConfigurationError(f"unknown chain {name!r}", key="chains", hint=hint)
+        return self._chain(name, spec, cache)
 
     def retired(self) -> dict[str, str]:
         """Engines a chain took out of service (their preflight or load failed), and why."""
@@ -60,22 +57,22 @@ class ChainCatalog:
     def inline(self, members: list[str], *,
                cache: CacheSettings | None = None) -> FallbackChain:
         """A chain over ``members`` (engine or chain names), with the default chain settings."""
-        name = "[" + ", ".join(members) + "]"
-        key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
-        if key not in self._built:
-            self._built[key] = self._chain(name, ChainSettings(engines=members), cache)
-        return self._built[key]
+        return self._chain("[" + ", ".join(members) + "]", ChainSettings(engines=members), cache)
 
-    def _chain(self, name: str, spec: ChainSettings,
-               cache: CacheSettings | None = None) -> FallbackChain:
+    def _chain(self, name: str, spec: ChainSettings, cache: CacheSettings | None) -> FallbackChain:
+        """The chain ``name`` over ``spec``, built once per step cache."""
+        key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
+        if key in self._built:
+            return self._built[key]
         known = {n: None for n in self.engines.names()}
         try:
             engines = expand_chain(name, {**self.specs, name: spec}, known)
         except ValueError as exc:
             raise ConfigurationError(str(exc), key=f"chains.{name}") from None
         cache = cache_layers(spec.cache, cache)  # the chain's cache, a step's over it
-        return FallbackChain(name, [self.engines.get(n, cache=cache) for n in engines], spec,
-                             self.breakers)
+        self._built[key] = FallbackChain(
+            name, [self.engines.get(n, cache=cache) for n in engines], spec, self.breakers)
+        return self._built[key]
 
 
 class PipelineCatalog:

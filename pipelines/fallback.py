@@ -37,7 +37,7 @@ from inferline.errors import (
     InferlineError,
     UnsupportedRequestError,
 )
-from inferline.pipelines.breaker import CircuitBreaker, breaker_for
+from inferline.pipelines.breaker import Breakers, CircuitBreaker
 from inferline.settings.model import ChainSettings
 
 log = structlog.get_logger(__name__)
@@ -63,8 +63,14 @@ class FallbackChain(Generator):
         return f"FallbackChain({self.name!r}, {[e.name for e in self.engines]})"
 
     def breaker(self, engine: Generator) -> CircuitBreaker:
-        cb = self.settings.circuit_breaker
-        return breaker_for(self.breakers, engine.name, cb.failure_threshold, cb.cooldown_s)
+        """``engine``'s breaker, made on first use (shared through the breakers' store)."""
+        breaker = self.breakers.get(engine.name)
+        if breaker is None:
+            cb = self.settings.circuit_breaker
+            store = self.breakers.store if isinstance(self.breakers, Breakers) else None
+            breaker = self.breakers[engine.name] = CircuitBreaker(
+                cb.failure_threshold, cb.cooldown_s, store=store, key=engine.name)
+        return breaker
 
     def _candidates(self) -> list[Generator]:
         return self.engines[:self.settings.max_attempts or len(self.engines)]

@@ -44,8 +44,9 @@ class Pipeline:
     def __init__(self, spec: PipelineSpec, chains: ChainCatalog, *,
                  allowed_modules: Sequence[str] = ()) -> None:
         self.spec, self.name = spec, spec.name
-        self.chains: list[FallbackChain] = []  # the chains its generate steps use
-        self.steps = _compile(spec, chains, allowed_modules, self.chains)
+        self.steps = _compile(spec, chains, allowed_modules)
+        self.chains: list[FallbackChain] = [  # the chains its generate steps use
+            s.chain for s in self.steps if isinstance(s, GenerateStep)]  # type: ignore[misc]
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, chains: ChainCatalog | None = None,
@@ -107,9 +108,8 @@ class Pipeline:
         return row
 
 
-def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str],
-             used: list[FallbackChain]) -> list[Any]:
-    """The spec's steps, built and cross-checked; ``used`` collects their chains."""
+def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str]) -> list[Any]:
+    """The spec's steps, built and cross-checked."""
     known: set[str] = set(spec.input.fields)
     steps: list[Any] = []
     last_generate: GenerateStep | None = None
@@ -123,7 +123,6 @@ def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence
             if not prompt_ready:
                 raise spec.error("a generate step needs a template step before it", *where)
             last_generate = _generate(spec, step.generate, chains, where)
-            used.append(last_generate.chain)  # type: ignore[arg-type]
             known.add(last_generate.output)
             steps.append(last_generate)
             prompt_ready = False

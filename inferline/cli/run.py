@@ -48,13 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferline.cli.config import raise_unknown
+    from inferline.cli.config import refuse_extra
     from inferline.containers import running
     from inferline.errors import ConfigurationError
     from inferline.pipelines.runner import arun_file
 
-    if args.extra:
-        raise_unknown(args.extra)
+    refuse_extra(args)
     if args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
     if args.max_cost is not None and not args.max_cost >= 0:  # also refuses nan

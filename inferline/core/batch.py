@@ -41,6 +41,7 @@ class ResumableJsonlWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        os.fsync(self._fh.fileno())  # flushed lines reach the disk before the run reports done
         self._fh.close()
 
     def _recover(self) -> None:
@@ -67,9 +68,6 @@ class ResumableJsonlWriter:
         """
         self._fh.write(line + "\n")
         self._fh.flush()
-
-    def fsync(self) -> None:
-        os.fsync(self._fh.fileno())
 
 
 class _NoBar:
