@@ -167,15 +167,15 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log_path: Path, marker: str) -
     raise RuntimeError(f"{log_path.name} did not start:\n{log_path.read_text()[-3000:]}")
 
 
-def start_gateway(settings: Path, tag: str = "",
-                  workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(settings: Path, tag: str = "", workers: int = 1,
+                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """``inferline serve`` on a free port; its URL from the line it prints on stderr."""
     exe = Path(sys.executable).with_name("inferline")
     log_path = settings.with_name(f"gateway{tag}.log")
     with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall it
         proc = subprocess.Popen([str(exe), "serve", "--settings", str(settings), "--port", "0",
                                  "--workers", str(workers)],
-                                stdout=log, stderr=log, start_new_session=True)
+                                stdout=log, stderr=log, start_new_session=True, env=env)
     return proc, _wait_for_line(proc, log_path, "serving on").rsplit(" ", 1)[-1].strip()
 
 

@@ -25,7 +25,7 @@ say whether a stop sequence or the model ended the text, so ``stop_sequence`` st
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -312,7 +312,7 @@ MESSAGE_STOP = {"type": "message_stop"}
 
 
 def _message(model: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
+    return {"id": f"msg_{secrets.token_hex(16)}", "type": "message", "role": "assistant",
             "model": model, "content": content, "stop_reason": None, "stop_sequence": None,
             "usage": _usage(Usage())}
 

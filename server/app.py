@@ -3,7 +3,7 @@
     app = create_app(chains, engines, pipelines, settings.server, log_settings=settings.log)
     web.run_app(app, host="127.0.0.1", port=8000)
 
-Middlewares, outermost first: access log + error translation (every error leaves
+Middlewares, outermost first: request id, overhead + error translation (every error leaves
 as OpenAI-style JSON, Anthropic-style under ``/v1/messages``, never a traceback),
 API-key auth, daily spend caps per key (``server.budgets``), then limits (body size,
 deadline, concurrency). The catalogs belong to the caller, who closes them.
@@ -12,12 +12,14 @@ deadline, concurrency). The catalogs belong to the caller, who closes them.
 from __future__ import annotations
 
 import os
+import secrets
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler
 
 from inferline.engines import _wait as waits
@@ -60,11 +62,31 @@ def create_app(chains: Catalog[Generator], engines: Catalog[Generator],
     return app
 
 
+def app_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner to serve the gateway with: requests are logged by ``AccessLog``."""
+    return web.AppRunner(app, access_log=access_logger, access_log_class=AccessLog, **kwargs)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One ``http_request`` log event and metric per request, written once the answer is
+    on the wire (aiohttp calls this after the last byte), so neither delays the answer."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if REQUEST_ID not in request or not isinstance(request, web.Request):
+            return  # a request aiohttp refused before the app saw it
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        request.app[GATEWAY].metrics.observe_request(name, request.method, response.status, time)
+        log.info("http_request", request_id=request[REQUEST_ID], method=request.method,
+                 path=request.path, status=response.status, duration_ms=round(time * 1000, 1),
+                 **request[LOG_FIELDS])
+
+
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One ``http_request`` log event and metric per request; errors as JSON."""
+    """The request's id and the gateway's overhead; errors as JSON."""
     started, waited = time.perf_counter(), waits.start()
-    request[REQUEST_ID] = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request[REQUEST_ID] = request.headers.get("x-request-id") or secrets.token_hex(16)
     request[LOG_FIELDS] = {}
     response = await _answer(request, handler)
     if waited[0]:  # it called an engine: our own time is the rest
@@ -74,7 +96,6 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             response.headers[OVERHEAD_HEADER] = f"{overhead * 1000:.3f}"
     response.headers.setdefault("x-request-id", request[REQUEST_ID])
     response.headers.setdefault(WORKER_HEADER, str(os.getpid()))  # which of the workers
-    _observe(request, response.status, time.perf_counter() - started)
     return response
 
 
@@ -94,13 +115,3 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("request_crashed", request_id=request[REQUEST_ID], path=path)
         return ApiError(500, "internal server error", code="internal_error").response(path)
-
-
-def _observe(request: web.Request, status: int, seconds: float) -> None:
-    route = request.match_info.route.resource
-    name = route.canonical if route is not None else "unmatched"
-    request.app[GATEWAY].metrics.observe_request(name, request.method, status, seconds)
-    log.info("http_request", request_id=request[REQUEST_ID], method=request.method,
-             path=request.path, status=status, duration_ms=round(seconds * 1000, 1),
-             **request[LOG_FIELDS])
-

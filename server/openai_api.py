@@ -22,8 +22,8 @@ Request fields:
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Container
 from functools import cached_property
 from typing import Any, Literal, TypeVar
@@ -269,7 +269,7 @@ _BRANCHES = frozenset({"str", "int", "float", "bool", "dict", "list"})
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{secrets.token_hex(16)}"
 
 
 def completion_body(model: str, done: Completion) -> dict[str, Any]:

@@ -10,6 +10,7 @@ rest are cancelled.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -43,9 +44,10 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s:
     ``reuse_port``: share the port with other processes (``inferline serve --workers``);
     ``on_ready(url)`` is told once it listens (by default the URL is printed).
     """
+    from inferline.server.app import app_runner  # (the app's modules load on first serve)
+
     # aiohttp reads a timeout of 0 as "wait forever"; 0 here means "do not wait"
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=max(shutdown_grace_s, 0.001))
+    runner = app_runner(app, handle_signals=False, shutdown_timeout=max(shutdown_grace_s, 0.001))
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
@@ -55,6 +57,7 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s:
             raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                      key="server.port") from None
         url = _url(site)
+        gc.freeze()  # what start-up built lives on: later collections skip it (4% CPU here)
         log.info("server_started", url=url, grace_s=shutdown_grace_s, pid=os.getpid())
         if on_ready is None:
             print(f"inferline: serving on {url}", file=sys.stderr, flush=True)

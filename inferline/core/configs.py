@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Params(BaseModel):
+    """Mutable defaults are factories: pydantic deep-copies a plain ``{}`` per instance."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
@@ -46,8 +48,8 @@ class ModelParams(_Params):
     device_map: str | None = "auto"
     trust_remote_code: bool = False
     chat_template: str | None = None
-    model_kwargs: dict[str, Any] = {}
-    tokenizer_kwargs: dict[str, Any] = {}
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    tokenizer_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class RemoteParams(_Params):
@@ -122,7 +124,7 @@ class GenerationParams(_Params):
     stop_strings: list[str] | None = None
     stop_token_ids: list[int] | None = None
     seed: int | None = None
-    logit_bias: dict[str, float] = {}
+    logit_bias: dict[str, float] = Field(default_factory=dict)
     guided_decoding: GuidedDecodingParams | None = None
     skip_special_tokens: bool = True
     # local engines: conversations per forward batch
@@ -147,7 +149,6 @@ class GenerationParams(_Params):
 class InferenceConfig(_Params):
     """Everything ``inferline infer`` needs: engine, model, generation, remote params, files."""
 
-    # factories: a new default is cheaper to build than pydantic's deep copy of one
     model: ModelParams = Field(default_factory=ModelParams)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     remote_params: RemoteParams | None = None

@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 
 class Role(str, Enum):
@@ -115,7 +115,7 @@ class Conversation(BaseModel):
 
     conversation_id: str | None = None
     messages: list[Message]
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
     def last_message(self, role: Role | None = None) -> Message | None:
         for msg in reversed(self.messages):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import aiohttp
 import openai
@@ -111,3 +113,22 @@ async def test_deeply_nested_body_is_invalid_json_not_a_crash(gateway, fault_ser
                     assert error["message"] == ("the request body is nested too deeply "
                                                 "(over 100 levels)")
     assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+
+
+async def test_a_request_aiohttp_cannot_parse_is_a_400_and_the_next_one_is_logged(
+        gw, caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp answers a malformed request before the app sees it: no access-log event for
+    it and no error (the access log runs after every answer), then business as usual."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{gw.url}/v1/chat/completions", json=GOOD) as resp:
+            assert resp.status == 200
+    assert status_line.split()[1] == b"400", status_line
+    assert [(e["status"], e["served_by"]) for e in logs if e["event"] == "http_request"] == [
+        (200, "echo")]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
