@@ -110,7 +110,9 @@ def main() -> None:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     gateways: dict[str, tuple[int, str]] = {}
     try:
-        for name, pkg in [*((rev, unpack(rev)) for rev in args.revs), (WORKING_TREE, None)]:
+        revs = [subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip() for rev in args.revs]
+        for name, pkg in [*((rev, unpack(rev)) for rev in revs), (WORKING_TREE, None)]:
             procs[name], url = start(name, pkg, stub_url)
             gateways[name] = (procs[name].pid, url + "/v1/chat/completions")
         results = summary(asyncio.run(measure(gateways, args.rounds, args.requests)))
