@@ -202,26 +202,32 @@ class _Stream(StreamRecord):
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return chunk_body(self.cid, self.created, self.req.model, delta, finish)
 
+    def _start(self, served_by: str) -> list[dict[str, Any]]:
+        """The role chunk that opens the stream, if it is not open yet."""
+        if self.sse.started:
+            return []
+        self.sse.response.headers[ENGINE_HEADER] = served_by
+        return [self._chunk({"role": "assistant", "content": ""})]
+
     async def add(self, chunk: StreamChunk) -> None:
-        if not self.sse.started:
-            self.sse.response.headers[ENGINE_HEADER] = chunk.served_by or ""
-            await self.sse.send(self._chunk({"role": "assistant", "content": ""}))
+        events = self._start(chunk.served_by or "")
         if chunk.text:
             self.text.append(chunk.text)
-            await self.sse.send(self._chunk({"content": chunk.text}))
+            events.append(self._chunk({"content": chunk.text}))
         if chunk.tool_calls:
-            await self.sse.send(self._chunk({"tool_calls": [tool_call_delta(d)
-                                                            for d in chunk.tool_calls]}))
+            events.append(self._chunk({"tool_calls": [tool_call_delta(d)
+                                                      for d in chunk.tool_calls]}))
+        if events:
+            await self.sse.send(*events)
         self.note(chunk)
 
     async def finish(self, served: dict[str, Any]) -> web.StreamResponse:
-        if not self.sse.started:  # an engine that said nothing at all
-            self.sse.response.headers[ENGINE_HEADER] = served["served_by"]
-            await self.sse.send(self._chunk({"role": "assistant", "content": ""}))
+        events = self._start(served["served_by"])  # (an engine that said nothing at all)
         last = self._chunk({}, self.last.finish_reason or "stop")
-        await self.sse.send({**last, "inferline": _public(served)})
+        events.append({**last, "inferline": _public(served)})
         if self.req.include_usage:
-            await self.sse.send({**self._chunk({}), "choices": [], "usage": served["usage"]})
+            events.append({**self._chunk({}), "choices": [], "usage": served["usage"]})
+        await self.sse.send(*events)
         await self.sse.done()
         return self.sse.response
 

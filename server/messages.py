@@ -66,9 +66,10 @@ async def _stream(request: web.Request, gw: Gateway, engine: Generator,
 class _EventWriter(SseWriter):
     """Anthropic's SSE: every event is named by its ``type`` (the SDK skips unnamed ones)."""
 
-    async def event(self, data: dict[str, Any]) -> None:
-        kind = data["type"].encode()
-        await self._write(b"event: " + kind + b"\ndata: " + dumps(data) + b"\n\n")
+    async def event(self, *events: dict[str, Any]) -> None:
+        """``events`` in one write, each named by its type."""
+        await self._write(b"".join(b"event: " + data["type"].encode() + b"\ndata: " +
+                                   dumps(data) + b"\n\n" for data in events))
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
@@ -85,44 +86,46 @@ class _MessageStream(StreamRecord):
         self.index, self.in_text = 0, True  # the open content block (text block 0 at first)
         self.calls: dict[int, int] = {}  # a tool call's index -> its content block's index
 
-    async def _open(self, block: dict[str, Any]) -> int:
-        """Close the open content block and start ``block`` after it; its index."""
-        await self.sse.event(block_stop(self.index))
+    def _open(self, block: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events that close the open content block and start ``block`` after it."""
         self.index += 1
-        await self.sse.event(block_start(self.index, block))
-        return self.index
+        return [block_stop(self.index - 1), block_start(self.index, block)]
 
-    async def _add_calls(self, deltas: list[ToolCallDelta]) -> None:
+    def _calls(self, deltas: list[ToolCallDelta]) -> list[dict[str, Any]]:
         """Each tool call as a ``tool_use`` block; its arguments as ``input_json_delta``s."""
+        events = []
         for delta in deltas:
             if delta.id is not None:
-                self.calls[delta.index] = await self._open(tool_use_block(delta))
-                self.in_text = False
+                events += self._open(tool_use_block(delta))
+                self.calls[delta.index], self.in_text = self.index, False
             if delta.arguments:
-                await self.sse.event(input_json_delta(self.calls[delta.index], delta.arguments))
+                events.append(input_json_delta(self.calls[delta.index], delta.arguments))
+        return events
 
-    async def _start(self, served_by: str) -> None:
+    def _start(self, served_by: str) -> list[dict[str, Any]]:
+        """The events that open the message, if it is not open yet."""
+        if self.sse.started:
+            return []
         self.sse.response.headers[ENGINE_HEADER] = served_by
-        await self.sse.event(message_start(self.model))
-        await self.sse.event(TEXT_BLOCK_START)
+        return [message_start(self.model), TEXT_BLOCK_START]
 
     async def add(self, chunk: StreamChunk) -> None:
-        if not self.sse.started:
-            await self._start(chunk.served_by or "")
+        events = self._start(chunk.served_by or "")
         if chunk.text:
             if not self.in_text:  # text after a tool call: a new text block
-                self.in_text = bool(await self._open({"type": "text", "text": ""}))
+                events += self._open({"type": "text", "text": ""})
+                self.in_text = True
             self.text.append(chunk.text)
-            await self.sse.event(text_delta(chunk.text, self.index))
+            events.append(text_delta(chunk.text, self.index))
         if chunk.tool_calls:
-            await self._add_calls(chunk.tool_calls)
+            events += self._calls(chunk.tool_calls)
+        if events:
+            await self.sse.event(*events)
         self.note(chunk)
 
     async def finish(self, done: Completion) -> web.StreamResponse:
-        if not self.sse.started:  # an engine that said nothing at all
-            await self._start(done.served_by)
-        for event in (block_stop(self.index), message_delta(done), MESSAGE_STOP):
-            await self.sse.event(event)
+        events = self._start(done.served_by)  # (an engine that said nothing at all)
+        await self.sse.event(*events, block_stop(self.index), message_delta(done), MESSAGE_STOP)
         return await self.sse.close()
 
     async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse:
