@@ -66,10 +66,9 @@ async def _stream(request: web.Request, gw: Gateway, engine: Generator,
 class _EventWriter(SseWriter):
     """Anthropic's SSE: every event is named by its ``type`` (the SDK skips unnamed ones)."""
 
-    async def event(self, *events: dict[str, Any]) -> None:
-        """``events`` in one write, each named by its type."""
-        await self._write(b"".join(b"event: " + data["type"].encode() + b"\ndata: " +
-                                   dumps(data) + b"\n\n" for data in events))
+    @staticmethod
+    def _encode(data: dict[str, Any]) -> bytes:
+        return f"event: {data['type']}\ndata: ".encode() + dumps(data) + b"\n\n"
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
@@ -120,12 +119,12 @@ class _MessageStream(StreamRecord):
         if chunk.tool_calls:
             events += self._calls(chunk.tool_calls)
         if events:
-            await self.sse.event(*events)
+            await self.sse.send(*events)
         self.note(chunk)
 
     async def finish(self, done: Completion) -> web.StreamResponse:
         events = self._start(done.served_by)  # (an engine that said nothing at all)
-        await self.sse.event(*events, block_stop(self.index), message_delta(done), MESSAGE_STOP)
+        await self.sse.send(*events, block_stop(self.index), message_delta(done), MESSAGE_STOP)
         return await self.sse.close()
 
     async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse:
@@ -134,5 +133,5 @@ class _MessageStream(StreamRecord):
         log.warning("stream_failed", request_id=self.request[REQUEST_ID],
                     status=error.status, error=error.message)
         self.request[LOG_FIELDS].update(stream_error=error.code)
-        await self.sse.event(error.anthropic_body())
+        await self.sse.send(error.anthropic_body())
         return await self.sse.close()

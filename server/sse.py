@@ -32,7 +32,11 @@ class SseWriter:
 
     async def send(self, *events: dict[str, Any]) -> None:
         """``events`` in one write: what the client waits for arrives together."""
-        await self._write(b"".join(b"data: " + dumps(data) + b"\n\n" for data in events))
+        await self._write(b"".join(map(self._encode, events)))
+
+    @staticmethod
+    def _encode(data: dict[str, Any]) -> bytes:
+        return b"data: " + dumps(data) + b"\n\n"
 
     async def error(self, body: dict[str, Any]) -> None:
         await self.send(body)
