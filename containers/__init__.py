@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,10 @@ from inferline.server.state import RedisState, shared_state
 from inferline.settings import InferlineSettings, load_settings
 
 
-def _logging(settings: InferlineSettings) -> Iterator[None]:
+def _logging(settings: InferlineSettings) -> None:
     secrets = [s.remote_params.api_key_env_varname for s in settings.engines.values()
                if s.remote_params and s.remote_params.api_key_env_varname]
     configure_logging(settings.log, [*secrets, *settings.server.api_key_env_varnames])
-    yield
 
 
 async def _closed_on_shutdown(

@@ -2,7 +2,7 @@
 
     states = LoopStates(remote_params, injected_session)
     state = states.get()          # session, worker slots and limiter of the running loop
-    raise status_error(429, body, "3", engine="openai", scrub=str)
+    raise await status_error(resp, engine="openai", scrub=str)   # a non-200 reply
 """
 
 from __future__ import annotations
@@ -66,15 +66,12 @@ class LoopStates:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
-            state = self._states[loop] = self._new()
+            workers = self._params.num_workers
+            session = self._session or aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=workers, ttl_dns_cache=300))
+            state = self._states[loop] = LoopState(session, self._session is None,
+                                                   asyncio.Semaphore(workers), self.make_limiter())
         return state
-
-    def _new(self) -> LoopState:
-        params = self._params
-        session = self._session or aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=params.num_workers, ttl_dns_cache=300))
-        return LoopState(session, self._session is None, asyncio.Semaphore(params.num_workers),
-                         self.make_limiter())
 
     async def aclose(self) -> None:
         """Close the sessions we opened, on whichever loop each belongs to."""
@@ -108,36 +105,32 @@ def _close_at_exit() -> None:
         states.close_from_outside()
 
 
-def status_error(status: int, body: bytes, retry_after_header: str | None, *,
-                 engine: str, scrub: Scrub) -> EngineError:
+async def status_error(resp: aiohttp.ClientResponse, *, engine: str,
+                       scrub: Scrub) -> EngineError:
     """A non-200 reply as our error, with the server's message and ``Retry-After``."""
-    text = error_text(body.decode("utf-8", "replace"))
-    return error_for_status(status, scrub(text), engine=engine,
-                            retry_after=retry_after(retry_after_header))
-
-
-#: aiohttp's error for a TCP connect that outlived ``sock_connect`` (3.10+; older: a
-#: ServerTimeoutError whose message starts "Connection timeout")
-_CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
-    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if t is not None)
+    text = error_text((await resp.read()).decode("utf-8", "replace"))
+    return error_for_status(resp.status, scrub(text), engine=engine,
+                            retry_after=retry_after(resp.headers.get("Retry-After")))
 
 
 def _is_connect_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, _CONNECT_TIMEOUT) or (
+    """A TCP connect that outlived ``sock_connect``: aiohttp 3.10+ raises its
+    ConnectionTimeoutError; older ones a ServerTimeoutError "Connection timeout ..."."""
+    return isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())) or (
         isinstance(exc, aiohttp.ServerTimeoutError) and str(exc).startswith("Connection timeout"))
 
 
-def transport_error(exc: BaseException, *, engine: str, timeout_s: float,
-                    connect_timeout_s: float, scrub: Scrub) -> RetryableEngineError:
+def transport_error(exc: BaseException, params: RemoteParams, *, engine: str,
+                    scrub: Scrub) -> RetryableEngineError:
     """A timeout or connection failure (refused, reset, DNS) as a retryable error.
 
     A connect that timed out names ``connect_timeout``, not the whole-request limit.
     """
     if _is_connect_timeout(exc):
-        return RetryableEngineError(f"could not connect within {connect_timeout_s:g}s "
+        return RetryableEngineError(f"could not connect within {params.connect_timeout:g}s "
                                     "(remote_params.connect_timeout)", engine=engine)
     if isinstance(exc, asyncio.TimeoutError):
-        return RetryableEngineError(f"no complete reply within {timeout_s:g}s "
+        return RetryableEngineError(f"no complete reply within {params.connection_timeout:g}s "
                                     "(remote_params.connection_timeout)", engine=engine)
     return RetryableEngineError(f"connection failed: {type(exc).__name__}: {scrub(str(exc))}",
                                 engine=engine)
@@ -164,12 +157,10 @@ def malformed(what: str, raw: bytes | str, exc: Exception, *, engine: str) -> Re
 
 def error_text(text: str) -> str:
     """The message out of an ``{"error": {"message": ...}}`` body, else the text, shortened."""
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         err = json.loads(text).get("error")
         message = err.get("message") if isinstance(err, dict) else err
         text = str(message or text)
-    except (ValueError, AttributeError):
-        pass
     return text.strip()[:500] or "(empty body)"
 
 
@@ -177,19 +168,12 @@ def retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
     if not value:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return max(float(value), 0.0)
-    except ValueError:
-        pass
     try:
         return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
         return None
-
-
-def json_body(data: bytes) -> aiohttp.BytesPayload:
-    """A request body already serialised as JSON (no per-request Content-Type header)."""
-    return aiohttp.BytesPayload(data, content_type="application/json")
 
 
 def merge_final(final: StreamChunk, chunk: StreamChunk) -> None:

@@ -42,8 +42,8 @@ class RateLimiter:
                  tokens_per_minute: float | None) -> None:
         self._interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self._next_slot = 0.0
-        self._tpm = tokens_per_minute
-        self._tokens = float(tokens_per_minute or 0)
+        self._tpm = float(tokens_per_minute or 0)
+        self._tokens = self._tpm
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
         self._settled = asyncio.Event()
@@ -65,7 +65,6 @@ class RateLimiter:
                 await self._take_tokens(min(float(estimated_tokens), self._tpm))
 
     async def _take_tokens(self, amount: float) -> None:
-        assert self._tpm is not None
         while True:
             self._refill()
             if self._tokens >= amount:
@@ -77,7 +76,6 @@ class RateLimiter:
                                        (amount - self._tokens) * 60.0 / self._tpm)
 
     def _refill(self) -> None:
-        assert self._tpm is not None
         now = time.monotonic()
         self._tokens = min(self._tpm, self._tokens + (now - self._stamp) * self._tpm / 60.0)
         self._stamp = now

@@ -59,18 +59,13 @@ class AnthropicInferenceEngine(BaseRemoteEngine):
             return url
         return url + ("/messages" if url.endswith("/v1") else "/v1/messages")
 
-    def _base_headers(self) -> dict[str, str]:
-        return {"anthropic-version": API_VERSION}
-
-    def _auth_headers(self, key: str) -> dict[str, str]:
-        return {"x-api-key": key}
+    def _request_headers(self, key: str | None) -> dict[str, str]:
+        return {"anthropic-version": API_VERSION, **({"x-api-key": key} if key else {})}
 
     def _request_base(self, params: GenerationParams, *, stream: bool) -> Body:
         base: Body = {"model": self.model_params.model_name, "max_tokens": params.max_new_tokens,
-                      "temperature": params.temperature}
-        for key, value in params.non_default().items():
-            if key in _FIELDS:
-                base[_FIELDS[key]] = value
+                      "temperature": params.temperature,
+                      **{_FIELDS[k]: v for k, v in params.non_default().items() if k in _FIELDS}}
         if params.tools:
             base.update(_tools(params.tools, params.tool_choice))
         if stream:
@@ -78,12 +73,9 @@ class AnthropicInferenceEngine(BaseRemoteEngine):
         return base
 
     def _body(self, conversation: Conversation, base: Body) -> Body:
-        body = dict(base)
         system = [m.text for m in conversation.messages if m.role is Role.SYSTEM]
-        if system:
-            body["system"] = "\n\n".join(system)
-        body["messages"] = [_message(m) for m in conversation.messages if m.role is not Role.SYSTEM]
-        return body
+        messages = [_message(m) for m in conversation.messages if m.role is not Role.SYSTEM]
+        return {**base, **({"system": "\n\n".join(system)} if system else {}), "messages": messages}
 
     def _completion(self, body: Any) -> Completion:
         if body.get("type") == "error":

@@ -238,7 +238,6 @@ class BaseInferenceEngine(Generator):
     supports_images: ClassVar[bool] = False
     #: takes ``tools``/``tool_choice`` and conversations with tool calls and results
     can_call_tools: ClassVar[bool] = False
-    requires_gpu: ClassVar[bool] = False
     self_check: bool = False
     price: Price = Price()  # settings: ``engines.<name>.price``; what each answer costs
 
@@ -400,5 +399,4 @@ class BaseInferenceEngine(Generator):
         """Capabilities, for ``inferline engines`` and the gateway's /ready."""
         return {"name": self.name, "type": self.engine_type.value, "local": self.is_local,
                 "stream": self.can_stream, "images": self.supports_images,
-                "tools": self.can_call_tools,
-                "loaded": self._loaded}
+                "tools": self.can_call_tools, "loaded": self._loaded}

@@ -21,7 +21,6 @@ import hashlib
 import weakref
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -190,13 +189,9 @@ def request_key(request: dict[str, Any]) -> str:
 # -- per-request narrowing --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CacheControl:
-    no_read: bool = False  # Cache-Control: no-cache
-    no_write: bool = False  # Cache-Control: no-store
-
-
-_control: ContextVar[CacheControl | None] = ContextVar("inferline_cache_control", default=None)
+#: (no_read, no_write) for the current task: Cache-Control ``no-cache``, ``no-store``
+_control: ContextVar[tuple[bool, bool]] = ContextVar("inferline_cache_control",
+                                                     default=(False, False))
 
 
 @contextlib.contextmanager
@@ -206,8 +201,8 @@ def cache_control(*, no_read: bool = False, no_write: bool = False) -> Iterator[
         with cache_control(no_read="no-cache" in header):
             outcomes = await chain.agenerate(rows)
     """
-    outer = _control.get() or CacheControl()
-    token = _control.set(CacheControl(outer.no_read or no_read, outer.no_write or no_write))
+    outer_read, outer_write = _control.get()
+    token = _control.set((outer_read or no_read, outer_write or no_write))
     try:
         yield
     finally:
@@ -218,9 +213,8 @@ def apply_cache_control(header: str | None) -> None:
     """Narrow caches for the rest of the current task by an HTTP ``Cache-Control`` header:
     ``no-cache`` reads no cache, ``no-store`` writes none (a gateway request is one task)."""
     directives = {d.strip().split("=")[0] for d in (header or "").lower().split(",")}
-    outer = _control.get() or CacheControl()
-    _control.set(CacheControl(outer.no_read or "no-cache" in directives,
-                              outer.no_write or "no-store" in directives))
+    outer_read, outer_write = _control.get()
+    _control.set((outer_read or "no-cache" in directives, outer_write or "no-store" in directives))
 
 
 def cache_layers(*layers: CacheSettings | None) -> CacheSettings | None:
@@ -249,8 +243,7 @@ class DiskStore:
     def __init__(self, path: str | Path) -> None:
         import diskcache
 
-        self.path = Path(path).expanduser()
-        self.cache = diskcache.Cache(str(self.path))
+        self.cache = diskcache.Cache(str(Path(path).expanduser()))
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         get = self.cache.get
@@ -304,8 +297,7 @@ class RedisStore:
         from redis.exceptions import RedisError
 
         try:
-            values: list[Any] = await self._client().mget(
-                [self.prefix + k for k in keys])
+            values: list[Any] = await self._client().mget([self.prefix + k for k in keys])
         except (RedisError, OSError) as exc:
             log.warning("cache_unavailable", backend="redis", error=str(exc))
             return [None] * len(keys)
@@ -392,9 +384,10 @@ class EngineWrapper(Generator):
 Engine = BaseInferenceEngine | EngineWrapper
 
 
-def entry(done: Completion) -> bytes:
-    return orjson.dumps({"text": done.text, "finish_reason": done.finish_reason,
-                         "tool_calls": [c.model_dump(mode="json") for c in done.tool_calls]})
+def entry(done: Completion) -> dict[str, Any]:
+    """What is stored of an answer (a cassette adds its provenance)."""
+    return {"text": done.text, "finish_reason": done.finish_reason,
+            "tool_calls": [c.model_dump(mode="json") for c in done.tool_calls]}
 
 
 def from_entry(raw: bytes, name: str) -> Completion:
@@ -413,9 +406,9 @@ class CachedEngine(EngineWrapper):
 
     def _modes(self) -> tuple[bool, bool]:
         """(read, write) for this request: the settings' mode, narrowed by ``cache_control``."""
-        mode, control = self.settings.mode, _control.get() or CacheControl()
-        return (mode in ("read_write", "read_only") and not control.no_read,
-                mode in ("read_write", "write_only") and not control.no_write)
+        mode, (no_read, no_write) = self.settings.mode, _control.get()
+        return (mode in ("read_write", "read_only") and not no_read,
+                mode in ("read_write", "write_only") and not no_write)
 
     async def aload(self) -> None:
         """Nothing while answers may come from the cache: the first miss loads the engine
@@ -437,7 +430,7 @@ class CachedEngine(EngineWrapper):
         fresh = await self.inner.agenerate([conversations[i] for i in todo],
                                            inference_config) if todo else []
         if write:
-            done = [(keys[i], entry(o)) for i, o in zip(todo, fresh, strict=True)
+            done = [(keys[i], orjson.dumps(entry(o))) for i, o in zip(todo, fresh, strict=True)
                     if isinstance(o, Completion)]
             await self.store.aset_many(done, self.settings.ttl_s)
         answered = iter(fresh)
@@ -447,9 +440,8 @@ class CachedEngine(EngineWrapper):
                       inference_config: InferenceConfig | None = None,
                       ) -> AsyncGenerator[StreamChunk, None]:
         read, write = self._modes()
-        key = (await self.keys.akeys([conversation], inference_config))[0] if read or write \
-            else None
-        hit = (await self.store.aget_many([key]))[0] if read and key else None
+        key = (await self.keys.akeys([conversation], inference_config))[0] if read or write else ""
+        hit = (await self.store.aget_many([key]))[0] if read else None
         if hit is not None:
             yield from_entry(hit, self.name).as_chunk()
             return
@@ -457,9 +449,9 @@ class CachedEngine(EngineWrapper):
         async for chunk in self.inner.astream(conversation, inference_config):
             text.append(chunk.text)
             write = write and not chunk.tool_calls  # streamed tool calls are not kept
-            if chunk.finish_reason is not None and write and key:
+            if chunk.finish_reason is not None and write:
                 await self.store.aset_many(
-                    [(key, entry(Completion("".join(text), chunk.finish_reason)))],
+                    [(key, orjson.dumps(entry(Completion("".join(text), chunk.finish_reason))))],
                     self.settings.ttl_s)
             yield chunk
 

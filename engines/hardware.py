@@ -12,6 +12,8 @@ reason (``EngineUnavailableError``) instead of crashing the process.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -58,10 +60,8 @@ def _interpolate(table: dict[float, float], x: float) -> float:
         return x * y0 / x0
     if x >= xn:
         return x * yn / xn
-    for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
-        if xa <= x <= xb:
-            return ya + (yb - ya) * (x - xa) / (xb - xa)
-    raise AssertionError("unreachable")
+    (xa, ya), (xb, yb) = next(pair for pair in itertools.pairwise(points) if pair[1][0] >= x)
+    return ya + (yb - ya) * (x - xa) / (xb - xa)
 
 
 def available_memory(device: str = "cpu") -> int | None:
@@ -70,12 +70,10 @@ def available_memory(device: str = "cpu") -> int | None:
         import torch
 
         return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    except OSError:
-        return None
     return None
 
 

@@ -28,7 +28,6 @@ _HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "
 def resolve_hub(repo_id: str, fmt: str = "hf", *, engine: str = "") -> str:
     """A local directory (``fmt="hf"``) or GGUF file (``"gguf"``) for a hub model id."""
     try:
-        import huggingface_hub
         import huggingface_hub.constants
         import huggingface_hub.errors  # submodules are not loaded by the package
     except ImportError as exc:
@@ -79,16 +78,14 @@ def _probe(hub: Any, repo_id: str, engine: str) -> None:
     if not outcome:
         raise EngineUnavailableError(f"hub unreachable: no answer about {repo_id!r} "
                                      f"within {PROBE_TIMEOUT_S:.0f}s", engine=engine)
-    if (exc := outcome[0]) is not None:
-        raise _probe_error(hub, repo_id, exc, engine) from exc
-
-
-def _probe_error(hub: Any, repo_id: str, exc: BaseException, engine: str) -> EngineUnavailableError:
+    if (exc := outcome[0]) is None:
+        return
     if isinstance(exc, (hub.errors.RepositoryNotFoundError, hub.errors.HFValidationError)):
-        return EngineUnavailableError(f"model not found on the hub: {repo_id!r}", engine=engine)
+        raise EngineUnavailableError(f"model not found on the hub: {repo_id!r}",
+                                     engine=engine) from exc
     log.info("hub_unreachable", repo=repo_id, error=type(exc).__name__)
-    return EngineUnavailableError(f"hub unreachable for {repo_id!r}: {type(exc).__name__}: {exc}",
-                                  engine=engine)
+    raise EngineUnavailableError(f"hub unreachable for {repo_id!r}: {type(exc).__name__}: {exc}",
+                                 engine=engine) from exc
 
 
 def _pick(snapshot: Path, fmt: str, repo_id: str, engine: str) -> str:

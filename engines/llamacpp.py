@@ -116,9 +116,8 @@ class LlamaCppInferenceEngine(LocalInferenceEngine):
             raise EngineUnavailableError("llama-cpp-python is not installed: "
                                          "pip install 'inferline[llamacpp]'", engine=self.name)
         # With layers offloaded the weights live on a GPU llama.cpp picks; check RAM only on CPU.
-        on_cpu = self.options.n_gpu_layers == 0
-        check_model_fits(self.model_params.model_name, "gguf", device="cpu" if on_cpu else None,
-                         engine=self.name)
+        device = "cpu" if self.options.n_gpu_layers == 0 else None
+        check_model_fits(self.model_params.model_name, "gguf", device=device, engine=self.name)
 
     def _load(self) -> None:
         path = resolve_model(self.model_params.model_name, "gguf", engine=self.name)

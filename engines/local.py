@@ -14,7 +14,7 @@ import difflib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -30,7 +30,6 @@ from inferline.errors import (
     UnsupportedRequestError,
 )
 
-OptionsT = TypeVar("OptionsT", bound=BaseModel)
 Emit = Callable[[Any], None]
 
 
@@ -58,20 +57,18 @@ class LocalInferenceEngine(BaseInferenceEngine):
         self._lock = threading.Lock()
 
 
-def parse_options(cls: type[OptionsT], kwargs: dict[str, Any], *, engine: str) -> OptionsT:
+def parse_options(cls: type[Options], kwargs: dict[str, Any], *, engine: str) -> Options:
     """``kwargs`` validated against ``cls``; errors name the key and the closest known one."""
     try:
         return cls.model_validate(kwargs)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        hint = None
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, list(cls.model_fields), n=1)
-            hint = close[0] if close else None
+            hint = next(iter(difflib.get_close_matches(key, list(cls.model_fields), n=1)), None)
             message = f"unknown model_kwargs key for {engine}; known: {', '.join(cls.model_fields)}"
         else:
-            message = f"{err['msg']} (got {err.get('input')!r})"
+            hint, message = None, f"{err['msg']} (got {err.get('input')!r})"
         raise ConfigurationError(message, key=f"model.model_kwargs.{key}", hint=hint) from None
 
 

@@ -18,14 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferline.engines.hub import resolve_hub
-from inferline.engines.provision import (
-    MARKER,
-    build_hf,
-    gguf_marker,
-    locked,
-    unpack_gguf,
-    valid,
-)
+from inferline.engines.provision import MARKER, build_hf, gguf_marker, locked, unpack_gguf, valid
 from inferline.errors import ConfigurationError, EngineUnavailableError
 
 __all__ = ["DEFAULT_MODEL", "PACKAGED", "PackagedModel", "data_dir", "gguf_path", "hf_dtype",
@@ -143,5 +136,4 @@ def resolve_model(model_name: str | None, fmt: str = "gguf", *, engine: str = ""
 
 def looks_like_path(name: str) -> bool:
     """Whether ``name`` is meant as a file path rather than an ``org/model`` hub id."""
-    return (name.startswith(("/", ".", "~")) or name.endswith(".gguf")
-            or name.count("/") != 1 or os.sep != "/" and os.sep in name)
+    return name.startswith(("/", ".", "~")) or name.endswith(".gguf") or name.count("/") != 1

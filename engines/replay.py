@@ -31,7 +31,7 @@ import orjson
 from inferline.core.configs import InferenceConfig
 from inferline.core.types import Conversation, ToolCall
 from inferline.engines.base import Completion, Outcome, StreamChunk, Usage
-from inferline.engines.cache import Engine, EngineWrapper, RequestKeys, request_key
+from inferline.engines.cache import Engine, EngineWrapper, RequestKeys, entry, request_key
 from inferline.errors import (
     Attempt,
     EngineUnavailableError,
@@ -75,9 +75,6 @@ class Cassette:
                 with open(self.path, "rb") as fh:
                     self._entries = {e["key"]: e for e in map(orjson.loads, fh) if e}
             return self._entries
-
-    def engines(self) -> set[str]:
-        return {e["engine"] for e in self.entries().values()}
 
     def miss(self, engine: str, request: dict[str, Any]) -> CassetteMissError:
         """The error for an unrecorded ``request``: the nearest recorded one and what differs."""
@@ -125,11 +122,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _line(key: str, engine: str, request: dict[str, Any], done: Completion) -> dict[str, Any]:
-    return {"key": key, "engine": engine, "request": request, "completion": {
-        "text": done.text, "finish_reason": done.finish_reason,
-        "tool_calls": [c.model_dump(mode="json") for c in done.tool_calls],
-        "usage": [done.usage.prompt_tokens, done.usage.completion_tokens],
+def _line(engine: str, request: dict[str, Any], done: Completion) -> dict[str, Any]:
+    return {"key": request_key(request), "engine": engine, "request": request, "completion": {
+        **entry(done), "usage": [done.usage.prompt_tokens, done.usage.completion_tokens],
         "attempts": [[a.engine, a.error, a.message, a.latency_s] for a in done.attempts],
         "cache": done.cache}}
 
@@ -153,7 +148,7 @@ class ReplayEngine(EngineWrapper):
     def preflight(self) -> None:
         if self.mode == "record":
             self.inner.preflight()
-        elif self.name not in self.cassette.engines():
+        elif self.name not in {e["engine"] for e in self.cassette.entries().values()}:
             raise EngineUnavailableError(f"nothing recorded for it in {self.cassette.path}",
                                          engine=self.name)
 
@@ -179,7 +174,7 @@ class ReplayEngine(EngineWrapper):
             if isinstance(outcome, Completion):
                 # the latency the chain would measure, fixed now so a replay repeats it
                 outcome.attempts = outcome.attempts or [Attempt(self.name, None, None, latency)]
-                lines.append(_line(request_key(request), self.name, request, outcome))
+                lines.append(_line(self.name, request, outcome))
         await asyncio.to_thread(self.cassette.append, lines)
         return outcomes
 
@@ -216,8 +211,7 @@ class ReplayEngine(EngineWrapper):
             if chunk.finish_reason is not None and not calls:
                 done = Completion("".join(text), chunk.finish_reason, chunk.usage or Usage(),
                                   attempts=list(chunk.attempts or []))
-                await asyncio.to_thread(self.cassette.append,
-                                        [_line(request_key(request), self.name, request, done)])
+                await asyncio.to_thread(self.cassette.append, [_line(self.name, request, done)])
             yield chunk
 
     def describe(self) -> dict[str, Any]:

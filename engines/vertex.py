@@ -111,10 +111,9 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
             return False
         if creds.expiry is None:
             return True
-        now = dt.datetime.now(dt.UTC)
         expiry: dt.datetime = (creds.expiry if creds.expiry.tzinfo
                                else creds.expiry.replace(tzinfo=dt.UTC))
-        return (expiry - now).total_seconds() > self.token_refresh_margin_s
+        return (expiry - dt.datetime.now(dt.UTC)).total_seconds() > self.token_refresh_margin_s
 
     def _refresh(self) -> None:
         import google.auth.transport.requests
@@ -125,12 +124,9 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
                 return
             try:
                 self._credentials.refresh(google.auth.transport.requests.Request())
-            except TransportError as exc:
+            except (TransportError, RefreshError) as exc:
+                if isinstance(exc, RefreshError) and not getattr(exc, "retryable", False):
+                    raise EngineUnavailableError(f"Google credentials rejected: {exc}",
+                                                 engine=self.name) from exc
                 raise RetryableEngineError(f"token refresh failed: {exc}",
                                            engine=self.name) from exc
-            except RefreshError as exc:
-                if getattr(exc, "retryable", False):
-                    raise RetryableEngineError(f"token refresh failed: {exc}",
-                                               engine=self.name) from exc
-                raise EngineUnavailableError(f"Google credentials rejected: {exc}",
-                                             engine=self.name) from exc

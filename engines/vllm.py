@@ -44,11 +44,7 @@ from inferline.engines.local import (
     token_bias,
 )
 from inferline.engines.models import resolve_model
-from inferline.errors import (
-    ConfigurationError,
-    EngineUnavailableError,
-    FatalEngineError,
-)
+from inferline.errors import ConfigurationError, EngineUnavailableError, FatalEngineError
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +119,7 @@ class VLLMInferenceEngine(LocalInferenceEngine):
         except (RuntimeError, OSError, MemoryError) as exc:
             raise EngineUnavailableError(f"cannot load {path}: {type(exc).__name__}: {exc}",
                                          engine=self.name) from exc
-        log.info("engine_loaded", engine=self.name, model=path, device=self.device())
+        log.info("engine_loaded", engine=self.name, model=path, device=device)
 
     def _llm_kwargs(self, path: str, tokenizer: str | None, device: str) -> dict[str, Any]:
         opts = self.options.model_dump(exclude={"device", "cpu_kvcache_space_gib"},

@@ -52,15 +52,9 @@ class ConfigurationError(InferlineError):
         hint: str | None = None,
     ) -> None:
         self.message, self.file, self.line, self.key, self.hint = message, file, line, key, hint
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        where = self.file or ""
-        if self.file and self.line:
-            where += f":{self.line}"
-        parts = [p for p in (where, self.key, self.message) if p]
-        text = ": ".join(parts)
-        return f"{text} (did you mean {self.hint!r}?)" if self.hint else text
+        where = f"{file}:{line}" if file and line else file
+        text = ": ".join(p for p in (where, key, message) if p)
+        super().__init__(f"{text} (did you mean {hint!r}?)" if hint else text)
 
 
 class TemplateError(InferlineError):
@@ -128,16 +122,11 @@ class UnsupportedParameterError(UnsupportedRequestError, ConfigurationError):
         self.param, self.key = param, f"generation.{param}"
 
 
-_FATAL_STATUSES = {400, 401, 403, 404, 405, 413, 422}
-
-
 def error_for_status(status: int, message: str, *, engine: str = "",
                      retry_after: float | None = None) -> EngineError:
     """The error class an HTTP status maps to (408/409/429/5xx retry; other 4xx do not)."""
     if status in (408, 409, 429) or status >= 500:
         return RetryableEngineError(message, engine=engine, status=status, retry_after=retry_after)
-    if status in _FATAL_STATUSES or 400 <= status < 500:
-        return FatalEngineError(message, engine=engine, status=status)
     return FatalEngineError(message, engine=engine, status=status)
 
 

@@ -17,7 +17,6 @@ from structlog.typing import EventDict
 
 from inferline.settings.model import LogSettings
 
-_NOTHING = object()
 _SECRET_FIELDS = ("api_key", "authorization", "token", "password", "secret")
 
 
@@ -63,8 +62,8 @@ class ConsoleLines:
         if not self._FULL_ONLY.isdisjoint(event):
             return self._full(logger, method, event)
         parts = []
-        if (stamp := event.pop("timestamp", _NOTHING)) is not _NOTHING and (text := str(stamp)):
-            parts.append(text)
+        if stamp := str(event.pop("timestamp", "")):
+            parts.append(stamp)
         if "level" in event:
             parts.append(f"[{event.pop('level'):<9}]")
         if "event" in event:

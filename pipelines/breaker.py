@@ -71,7 +71,8 @@ class CircuitBreaker:
         """Whether to call the engine now: ``allow()``, asked of the store when shared."""
         if self.store is None:
             return self.allow()
-        await self.flush()  # this replica's own outcomes count first
+        if self._pushes:  # this replica's own outcomes reach the store first
+            await asyncio.gather(*list(self._pushes))
         shared = await self.store.admit(self.key, self.cooldown_s, self.trial_ttl_s)
         if shared is None:  # unreachable: go on with local state
             return self.allow()
@@ -94,11 +95,6 @@ class CircuitBreaker:
         """Take the shared state as this breaker's own."""
         self.failures = shared.failures
         self.opened_at = None if shared.open_for_s is None else self.clock() - shared.open_for_s
-
-    async def flush(self) -> None:
-        """Wait until the outcomes recorded here have reached the store."""
-        if self._pushes:
-            await asyncio.gather(*list(self._pushes))
 
     def _push(self, ok: bool) -> None:
         try:

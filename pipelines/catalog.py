@@ -64,9 +64,8 @@ class ChainCatalog:
         key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
         if key in self._built:
             return self._built[key]
-        known = {n: None for n in self.engines.names()}
         try:
-            engines = expand_chain(name, {**self.specs, name: spec}, known)
+            engines = expand_chain(name, {**self.specs, name: spec}, self.engines.names())
         except ValueError as exc:
             raise ConfigurationError(str(exc), key=f"chains.{name}") from None
         cache = cache_layers(spec.cache, cache)  # the chain's cache, a step's over it
@@ -94,11 +93,10 @@ class PipelineCatalog:
         """Pipeline name -> its checked spec, every file read once."""
         if self._specs is None:
             self._specs = {}
-            for i, folder in enumerate(map(Path, self.settings.dirs)):
-                if not folder.is_dir():
+            for i, folder in enumerate([*map(Path, self.settings.dirs), self.EXAMPLES]):
+                if not folder.is_dir():  # one of the settings' (the examples are packaged)
                     raise ConfigurationError(f"no such folder: {folder}",
                                              key=f"pipelines.dirs.{i}")
-            for folder in [*map(Path, self.settings.dirs), self.EXAMPLES]:
                 for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
                     spec = PipelineSpec.from_yaml(path)
                     self._specs.setdefault(spec.name, spec)

@@ -14,7 +14,8 @@ and always when the engine cannot do what the request asks
 (``UnsupportedRequestError``: that engine stays in service for other requests).
 An engine whose ``preflight`` or ``load`` fails is skipped for the chain's life;
 an engine whose circuit is open is skipped until its cooldown ends. Streaming
-falls back only before the first chunk.
+falls back only before the first chunk. Closing a chain closes nothing: its engines
+belong to their catalog.
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ class FallbackChain(Generator):
                 self._retire(engine, exc)
         return self.unavailable.get(engine.name)
 
-    def _retire(self, engine: Generator, exc: InferlineError) -> None:
-        self.unavailable[engine.name] = str(exc)
-        log.warning("engine_unavailable", chain=self.name, engine=engine.name,
-                    reason=self.unavailable[engine.name])
+    def _retire(self, engine: Generator, exc: InferlineError) -> str:
+        reason = self.unavailable[engine.name] = str(exc)
+        log.warning("engine_unavailable", chain=self.name, engine=engine.name, reason=reason)
+        return reason
 
     async def _skip(self, engine: Generator) -> str | None:
         """Why ``engine`` is not tried now (unavailable, circuit open), or None; loads it."""
@@ -101,8 +102,7 @@ class FallbackChain(Generator):
             try:
                 await engine.aload()
             except (EngineUnavailableError, ConfigurationError) as exc:
-                self._retire(engine, exc)
-                return self.unavailable[engine.name]
+                return self._retire(engine, exc)
             self._ready.add(engine.name)
         return None
 
@@ -124,9 +124,8 @@ class FallbackChain(Generator):
     def member(self, name: str) -> Generator | None:
         """The engine called ``name`` in this chain or in a member chain."""
         for engine in self.engines:
-            found = engine.member(name) if isinstance(engine, FallbackChain) else (
-                engine if engine.name == name else None)
-            if found is not None:
+            found = engine.member(name) if isinstance(engine, FallbackChain) else engine
+            if found is not None and found.name == name:
                 return found
         return None
 
@@ -246,9 +245,6 @@ class FallbackChain(Generator):
                 log.warning("engine_fallback", chain=self.name, failed=engine.name,
                             error=type(exc).__name__)
         raise self._exhausted(tried, last)
-
-    async def aclose(self) -> None:
-        """Engines are shared and belong to their catalog, which closes them."""
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "type": "chain", "engines": [e.name for e in self.engines],

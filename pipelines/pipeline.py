@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from inferline.core.configs import GuidedDecodingParams, InferenceConfig
 from inferline.core.portal import portal
 from inferline.errors import ConfigurationError, InputError
-from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import build_processor
 from inferline.pipelines.spec import (
     ChoiceSpec,
@@ -30,7 +29,7 @@ from inferline.pipelines.spec import (
     PipelineSpec,
     TemplateSpec,
 )
-from inferline.pipelines.steps import GenerateStep, PostprocessStep, Row, TemplateStep
+from inferline.pipelines.steps import GenerateStep, PostprocessStep, Row, TemplateStep, alive
 from inferline.pipelines.template import PromptTemplate
 
 if TYPE_CHECKING:
@@ -45,8 +44,7 @@ class Pipeline:
                  allowed_modules: Sequence[str] = ()) -> None:
         self.spec, self.name = spec, spec.name
         self.steps = _compile(spec, chains, allowed_modules)
-        self.chains: list[FallbackChain] = [  # the chains its generate steps use
-            s.chain for s in self.steps if isinstance(s, GenerateStep)]  # type: ignore[misc]
+        self.chains = [s.chain for s in self.steps if isinstance(s, GenerateStep)]
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, chains: ChainCatalog | None = None,
@@ -74,7 +72,10 @@ class Pipeline:
         batch = [self._row(i, row) for i, row in enumerate(rows)]
         for step in self.steps:
             await step(batch)
-        return [self._finish(row) for row in batch]
+        for row in alive(batch):  # its output: the fields plus _meta
+            row.fields[META] = row.meta()
+            row.output = row.fields
+        return batch
 
     async def arun(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """One row's output, or its error raised."""
@@ -98,14 +99,6 @@ class Pipeline:
             return Row(index, dict(row), InputError(
                 f"missing input field(s) {', '.join(map(repr, missing))} (pipeline {self.name!r})"))
         return Row(index, dict(row))
-
-    @staticmethod
-    def _finish(row: Row) -> Row:
-        """``row`` with its ``output``: the fields plus ``_meta`` (served_by, attempts, usage)."""
-        if row.error is None:
-            row.fields[META] = row.meta()
-            row.output = row.fields
-        return row
 
 
 def _compile(spec: PipelineSpec, chains: ChainCatalog, allowed_modules: Sequence[str]) -> list[Any]:
@@ -145,11 +138,10 @@ def _template(spec: PipelineSpec, tpl: TemplateSpec, known: set[str],
         source = getattr(tpl, key)
         if source is None:
             continue
-        def error(message: str, key: str = key) -> ConfigurationError:
-            return spec.error(message, *where, key)
-
-        compiled[key] = PromptTemplate(source, name=".".join(map(str, (*where, key))),
-                                       error=error)
+        try:
+            compiled[key] = PromptTemplate(source, name=".".join(map(str, (*where, key))))
+        except ConfigurationError as exc:
+            raise spec.error(exc.message, *where, key) from None
         for name in sorted(compiled[key].variables - known):
             hint = next(iter(difflib.get_close_matches(name, sorted(known), 1)), None)
             declared = ", ".join(sorted(known)) or "none"
@@ -190,15 +182,14 @@ def _postprocess(spec: PipelineSpec, processors: Sequence[Any], generate: Genera
         except ConfigurationError as exc:
             raise spec.error(exc.message, *where, j,
                              *(exc.key.split(".") if exc.key else ())) from None
-    reask = max((getattr(p.options, "reask", 0) for p in processors), default=0)
-    for j, proc in enumerate(processors):
         if getattr(proc.options, "constrain", False):
-            key = (*where, j, proc.kind, "constrain")
-
-            def error(message: str, key: tuple[Any, ...] = key) -> ConfigurationError:
-                return spec.error(message, *key)
-
-            generate.constrain(_guided(proc.options), error)
+            generation = generate.config.generation
+            if generation.guided_decoding is not None:
+                raise spec.error("the generate step already sets generation.guided_decoding",
+                                 *where, j, proc.kind, "constrain")
+            generate.config = InferenceConfig(generation=generation.model_copy(
+                update={"guided_decoding": _guided(proc.options)}))
+    reask = max((getattr(p.options, "reask", 0) for p in processors), default=0)
     return PostprocessStep(built, generate, reask)
 
 

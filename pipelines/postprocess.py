@@ -160,8 +160,6 @@ class Call(_Base):
     def __call__(self, value: Any) -> Any:
         try:
             return self.function(value, **self.args)
-        except OutputValidationError:
-            raise
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise self.invalid(f"{type(exc).__name__}: {exc}", value) from exc
 

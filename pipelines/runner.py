@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from inferline.core.batch import ResumableJsonlWriter, progress_bar
 from inferline.core.configs import InferenceConfig
 from inferline.core.cost import usd
-from inferline.core.types import Conversation, dumps_row
+from inferline.core.types import Conversation, dumps_row, read_jsonl
 from inferline.engines.base import Completion, Generator, output_conversation
 from inferline.errors import ConfigurationError, InferlineError, InputError
 from inferline.pipelines.fallback import FallbackChain
@@ -164,7 +164,7 @@ class _Sink:
             output = Path(output)
             if restart:
                 output.unlink(missing_ok=True)
-            self.writer = ResumableJsonlWriter(output, key=ROW)
+            self.writer = ResumableJsonlWriter(output)
             errors = errors or output.with_suffix(".errors.jsonl")
         self.errors_path = Path(errors) if errors else None
         self._errors: IO[str] | None = None
@@ -188,9 +188,6 @@ class _Sink:
     @property
     def done(self) -> set[Any]:
         return self.writer.done if self.writer is not None else set()
-
-    def write(self, index: int, row: dict[str, Any]) -> None:
-        self.write_line(dumps_row({**row, ROW: index}))
 
     def write_line(self, line: str) -> None:
         """One output line, already carrying its ``_row``."""
@@ -280,7 +277,7 @@ async def _run_wave(job: Job, wave: list[tuple[int, int, Any]], sink: _Sink,
             sink.fail(index, lineno, outcome.error, row, summary)
         else:
             summary.succeeded += 1
-            sink.write(index, outcome.output)  # type: ignore[arg-type]
+            sink.write_line(dumps_row({**outcome.output, ROW: index}))  # type: ignore[dict-item]
     return len(todo)
 
 
@@ -296,8 +293,6 @@ async def ainfer_file(generator: Generator, conversations: Sequence[Conversation
     if config is None or (conversations is None and not config.input_path):
         raise ConfigurationError("no input: pass conversations or set input_path", key="input_path")
     if not config.output_path:
-        from inferline.core.types import read_jsonl
-
         inputs = conversations if conversations is not None else read_jsonl(config.input_path)  # type: ignore[arg-type]
         return await generator.ainfer(inputs, config)
     job = ConversationJob(generator, config)

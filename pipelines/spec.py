@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -52,14 +52,8 @@ def _one_of(model: BaseModel, names: tuple[str, ...], what: str) -> None:
 
 
 class InputSpec(_Spec):
-    fields: list[str] = []  # each row must have these; templates may use only these (and outputs)
-
-    @model_validator(mode="after")
-    def _names(self) -> InputSpec:
-        for name in self.fields:
-            if not re.match(_NAME, name):
-                raise ValueError(f"input field {name!r} is not a valid name (letters, digits, _)")
-        return self
+    #: each row must have these; templates may use only these (and outputs)
+    fields: list[Annotated[str, Field(pattern=_NAME)]] = []
 
 
 class TemplateSpec(_Spec):
@@ -167,13 +161,12 @@ class ProcessorSpec(_Spec):
     @property
     def kind(self) -> str:
         """The processor's name as written (``json``, not ``json_parse``)."""
-        name = next(n for n in type(self).model_fields if getattr(self, n) is not None)
+        name = next(n for n, v in self if v is not None)
         return type(self).model_fields[name].alias or name
 
     @property
     def options(self) -> Any:
-        return next(getattr(self, n) for n in type(self).model_fields
-                    if getattr(self, n) is not None)
+        return next(v for _, v in self if v is not None)
 
 
 class StepSpec(_Spec):
@@ -188,8 +181,7 @@ class StepSpec(_Spec):
 
     @property
     def kind(self) -> str:
-        return next(n for n in ("template", "generate", "postprocess")
-                    if getattr(self, n) is not None)
+        return next(n for n, v in self if v is not None)
 
 
 class PipelineSpec(_Spec):
@@ -250,8 +242,6 @@ class PipelineBuilder:
         return self._step("postprocess", list(processors))
 
     def _step(self, kind: str, body: Any) -> PipelineBuilder:
-        if isinstance(body, dict):
-            body = {k: v for k, v in body.items() if v is not None}
         self._data["steps"].append({kind: body})
         return self
 

@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferline.core.configs import GuidedDecodingParams, InferenceConfig
+from inferline.core.configs import InferenceConfig
 from inferline.core.types import Conversation, Message, Role
-from inferline.engines.base import Completion, Generator, Usage
+from inferline.engines.base import Completion, Usage
 from inferline.engines.cache import CachedEngine
-from inferline.errors import (
-    AllEnginesFailedError,
-    Attempt,
-    ConfigurationError,
-    InferlineError,
-    OutputValidationError,
-)
+from inferline.errors import AllEnginesFailedError, InferlineError, OutputValidationError
 from inferline.pipelines.fallback import FallbackChain
 from inferline.pipelines.postprocess import Processor
 from inferline.pipelines.template import PromptTemplate
@@ -49,20 +43,14 @@ class Row:
     calls: list[Completion] = field(default_factory=list)  # each generate call's answer
     prompt: Conversation | None = None  # what the last generate call sent
     question: Conversation | None = None  # what the last generate step's template asked
-    target: str | None = None  # the field the last generate call wrote
-
-    def record(self, output: str, done: Completion) -> None:
-        self.fields[output] = done.text
-        self.target = output
-        self.calls.append(done)
 
     def reject(self, error: OutputValidationError) -> None:
-        """Mark the last answer's attempt as rejected, saying why and what it was."""
-        done = self.calls[-1]
-        last = done.attempts[-1] if done.attempts else Attempt(done.served_by, None, None, 0.0)
-        done.attempts[-1:] = [dataclasses.replace(
-            last, error=type(error).__name__,
-            message=f"{error.reason}; answer: {error.output[:200]!r}")]
+        """Mark the last answer's attempt (a chain's answer has one) as rejected, saying why
+        and what it was."""
+        attempts = self.calls[-1].attempts
+        attempts[-1] = dataclasses.replace(
+            attempts[-1], error=type(error).__name__,
+            message=f"{error.reason}; answer: {error.output[:200]!r}")
 
     def reask(self, reason: str) -> Conversation:
         """The last exchange, plus a turn that says why its answer was rejected."""
@@ -114,16 +102,8 @@ class TemplateStep:
 
 
 class GenerateStep:
-    def __init__(self, chain: Generator, config: InferenceConfig, output: str) -> None:
+    def __init__(self, chain: FallbackChain, config: InferenceConfig, output: str) -> None:
         self.chain, self.config, self.output = chain, config, output
-
-    def constrain(self, guided: GuidedDecodingParams,
-                  error: Callable[[str], ConfigurationError]) -> None:
-        """Ask the engines for output ``guided`` allows (a post-processor's ``constrain``)."""
-        if self.config.generation.guided_decoding is not None:
-            raise error("the generate step already sets generation.guided_decoding")
-        self.config = InferenceConfig(generation=self.config.generation.model_copy(
-            update={"guided_decoding": guided}))
 
     async def __call__(self, rows: Sequence[Row]) -> None:
         live = alive(rows)
@@ -132,13 +112,14 @@ class GenerateStep:
         await self.generate(live, [r.prompt for r in live])  # type: ignore[misc]
 
     async def generate(self, rows: Sequence[Row], prompts: Sequence[Conversation],
-                       chain: Generator | None = None) -> None:
+                       chain: FallbackChain | None = None) -> None:
         """Run ``prompts[i]`` for ``rows[i]``; each row gets its answer or its error."""
         outcomes = await (chain or self.chain).agenerate(prompts, self.config)
         for row, prompt, outcome in zip(rows, prompts, outcomes, strict=True):
             if isinstance(outcome, Completion):
                 row.prompt = prompt
-                row.record(self.output, outcome)
+                row.fields[self.output] = outcome.text
+                row.calls.append(outcome)
             else:
                 row.error = outcome
 
@@ -162,21 +143,19 @@ class PostprocessStep:
         """The rows still invalid after their re-asks, with why."""
         for turn in range(self.reask + 1):
             invalid = [(row, err) for row in rows if (err := self._apply(row)) is not None]
-            await self._forget([row for row, _ in invalid])
+            rows = [row for row, _ in invalid]
+            await self._forget(rows)
             if not invalid or turn == self.reask:
                 return invalid
-            rows = [row for row, _ in invalid]
             await self.generate.generate(rows, [row.reask(err.reason) for row, err in invalid])
             rows = alive(rows)
         return []
 
     async def _forget(self, rows: list[Row]) -> None:
         """Rejected answers leave the response cache, so a rerun asks again."""
-        chain = self.generate.chain
         asked: defaultdict[CachedEngine, list[Conversation]] = defaultdict(list)
         for row in rows:
-            engine = chain.member(row.calls[-1].served_by) if isinstance(
-                chain, FallbackChain) else None
+            engine = self.generate.chain.member(row.calls[-1].served_by)
             if isinstance(engine, CachedEngine) and row.prompt is not None:
                 asked[engine].append(row.prompt)
         for engine, prompts in asked.items():
@@ -186,17 +165,16 @@ class PostprocessStep:
         """Each invalid row asked again of the engines after the one that answered it; the
         rows that got an answer (to validate again). A row with no engine left fails."""
         chain = self.generate.chain
-        groups: dict[str, tuple[FallbackChain, list[Row]]] = {}
+        falls_back = "invalid_output" in chain.settings.fallback_on
+        groups: dict[FallbackChain, list[Row]] = {}
         for row, err in invalid:
-            rest = None
-            if isinstance(chain, FallbackChain) and "invalid_output" in chain.settings.fallback_on:
-                rest = chain.after(row.calls[-1].served_by)
+            rest = chain.after(row.calls[-1].served_by) if falls_back else None
             if rest is None:
                 row.error = err
             else:
-                groups.setdefault(rest.name, (rest, []))[1].append(row)
+                groups.setdefault(rest, []).append(row)  # after() gives one chain per name
         answered = []
-        for rest, rows in groups.values():
+        for rest, rows in groups.items():
             rejected = {row.index: [a for c in row.calls for a in c.attempts] for row in rows}
             await self.generate.generate(rows, [row.question for row in rows],  # type: ignore[misc]
                                          chain=rest)
@@ -208,12 +186,13 @@ class PostprocessStep:
         return answered
 
     def _apply(self, row: Row) -> OutputValidationError | None:
-        value = row.fields[row.target]  # type: ignore[index]
+        """Process the field the generate step wrote (a live row's last answer)."""
+        value = row.fields[self.generate.output]
         try:
             for process in self.processors:
                 value = process(value)
         except OutputValidationError as exc:
             row.reject(exc)
             return exc
-        row.fields[row.target] = value  # type: ignore[index]
+        row.fields[self.generate.output] = value
         return None

@@ -6,7 +6,7 @@
     >>> t.render({"country": "France"})
     'What is the capital of France?'
 
-A pipeline passes ``error=``, so that a syntax error names its file and line.
+A pipeline adds its file and line to a syntax error's ``ConfigurationError``.
 A template cannot reach Python internals (``{{ x.__class__ }}`` is a ``TemplateError``)
 nor change the values it is given. A template without variables is rendered once, when
 compiled, so its errors are ``ConfigurationError``s there.
@@ -14,7 +14,7 @@ compiled, so its errors are ``ConfigurationError``s there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
@@ -23,20 +23,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from inferline.errors import ConfigurationError, TemplateError
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                     keep_trailing_newline=False)
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
 class PromptTemplate:
-    def __init__(self, source: str, *, name: str,
-                 error: Callable[[str], ConfigurationError] = ConfigurationError) -> None:
-        """``error(message)`` builds the ConfigurationError for a syntax error (with file/line)."""
+    def __init__(self, source: str, *, name: str) -> None:
         self.source, self.name = source, name
         try:
             ast = _ENV.parse(source)
         except TemplateSyntaxError as exc:
-            raise error(f"template syntax error at template line {exc.lineno}: {exc.message}") \
-                from None
+            message = f"template syntax error at template line {exc.lineno}: {exc.message}"
+            raise ConfigurationError(message) from None
         self.variables: frozenset[str] = frozenset(meta.find_undeclared_variables(ast))
         self._parts = _substitutions(ast)
         self._template = _ENV.from_string(ast)
@@ -47,7 +44,7 @@ class PromptTemplate:
             try:
                 self._constant = self._render({})
             except TemplateError as exc:
-                raise error(str(exc)) from None
+                raise ConfigurationError(str(exc)) from None
 
     def render(self, values: Mapping[str, Any]) -> str:
         return self._render(values) if self._constant is None else self._constant

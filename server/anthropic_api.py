@@ -29,7 +29,7 @@ import secrets
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from inferline.core.configs import GenerationParams, InferenceConfig, ToolSpec
 from inferline.core.types import (
@@ -39,22 +39,20 @@ from inferline.core.types import (
     Message,
     Role,
     ToolCall,
-    ToolCallDelta,
 )
 from inferline.engines.base import Completion, Usage
 from inferline.server.errors import ApiError
-from inferline.server.openai_api import (  # pydantic's errors -> a 400 naming the field
+from inferline.server.openai_api import (  # what both APIs share
     _invalid,
+    _param,
+    _Strict,
     parse_request,
+    public_provenance,
 )
 
 IGNORED_FIELDS = frozenset({"metadata", "service_tier", "cache_control"})
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                "content_filter": "refusal"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextBlock(_Strict):
@@ -162,8 +160,6 @@ class ToolChoice(_Strict):
 class MessagesRequest(_Strict):
     """The accepted body of ``POST /v1/messages``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
-
     model: str = Field(min_length=1)
     messages: list[InputMessage] = Field(min_length=1)
     max_tokens: int = Field(gt=0)
@@ -223,12 +219,9 @@ def _turn(role: str, blocks: list[Block]) -> Message:
         return blocks[0].message()
     items = [b.item() for b in blocks if isinstance(b, TextBlock | ImageBlock)]
     calls = [b.call() for b in blocks if isinstance(b, ToolUseBlock)] or None
+    plain = len(items) == 1 and items[0].type is ContentType.TEXT
     return Message(role=Role.USER if role == "user" else Role.ASSISTANT, tool_calls=calls,
-                   content=(items[0].content or "") if _plain(items) else items)
-
-
-def _plain(items: list[ContentItem]) -> bool:
-    return len(items) == 1 and items[0].type is ContentType.TEXT
+                   content=(items[0].content or "") if plain else items)
 
 
 def parse_messages_request(body: Any) -> MessagesRequest:
@@ -241,7 +234,7 @@ def _unsupported_block(exc: ValidationError) -> ApiError | None:
     """A content block of a type we do not take (``document``, ``thinking``, ...)."""
     for error in exc.errors(include_url=False):
         if error["type"] == "union_tag_invalid":
-            where = ".".join(str(p) for p in error["loc"] if "[" not in str(p))
+            where = _param(error["loc"])
             return ApiError(400, f"unsupported content block type {error['ctx']['tag']!r} at "
                             f"{where!r} (supported: text, image, tool_use, tool_result)",
                             param=where, code="unsupported_parameter")
@@ -255,7 +248,7 @@ def message_body(model: str, done: Completion) -> dict[str, Any]:
              for c in done.tool_calls]
     return {**_message(model, [*text, *calls]),
             "stop_reason": stop_reason(done.finish_reason), "usage": _usage(done.usage),
-            "inferline": provenance(done)}
+            "inferline": public_provenance(done.provenance())}
 
 
 def message_start(model: str) -> dict[str, Any]:
@@ -263,7 +256,7 @@ def message_start(model: str) -> dict[str, Any]:
     return {"type": "message_start", "message": _message(model, [])}
 
 
-def text_delta(text: str, index: int = 0) -> dict[str, Any]:
+def text_delta(text: str, index: int) -> dict[str, Any]:
     return {"type": "content_block_delta", "index": index,
             "delta": {"type": "text_delta", "text": text}}
 
@@ -274,11 +267,6 @@ def block_start(index: int, block: dict[str, Any]) -> dict[str, Any]:
 
 def block_stop(index: int) -> dict[str, Any]:
     return {"type": "content_block_stop", "index": index}
-
-
-def tool_use_block(delta: ToolCallDelta) -> dict[str, Any]:
-    """A streamed tool call's block; its input follows as ``input_json_delta``s."""
-    return {"type": "tool_use", "id": delta.id, "name": delta.name, "input": {}}
 
 
 def input_json_delta(index: int, partial_json: str) -> dict[str, Any]:
@@ -299,11 +287,11 @@ def _input(call: ToolCall) -> dict[str, Any]:
     return value
 
 
-def message_delta(done: Completion) -> dict[str, Any]:
-    """A stream's closing facts: stop reason, token counts and provenance."""
+def message_delta(done: Completion, served: dict[str, Any]) -> dict[str, Any]:
+    """A stream's closing facts: stop reason, token counts and provenance (``served``)."""
     return {"type": "message_delta",
             "delta": {"stop_reason": stop_reason(done.finish_reason), "stop_sequence": None},
-            "usage": _usage(done.usage), "inferline": provenance(done)}
+            "usage": _usage(done.usage), "inferline": public_provenance(served)}
 
 
 TEXT_BLOCK_START = {"type": "content_block_start", "index": 0,
@@ -319,13 +307,6 @@ def _message(model: str, content: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stop_reason(finish_reason: str | None) -> str:
     return STOP_REASON.get(finish_reason or "stop", "end_turn")
-
-
-def provenance(done: Completion) -> dict[str, Any]:
-    """The ``inferline`` field: who served the answer, every attempt, its cost."""
-    served = done.provenance()
-    return {"served_by": served["served_by"], "attempts": served["attempts"],
-            "cost": served["cost"]}
 
 
 def _usage(usage: Usage) -> dict[str, int]:

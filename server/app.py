@@ -28,13 +28,14 @@ from inferline.server.auth import ApiKeys, auth_middleware
 from inferline.server.budgets import BUDGETS, Budgets, SpendStore, budget_middleware
 from inferline.server.context import LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for, http_error
-from inferline.server.gateway import GATEWAY, Catalog, Gateway
+from inferline.server.gateway import GATEWAY, Gateway
 from inferline.server.limits import limits_middleware
 from inferline.server.routes import add_routes
 from inferline.settings.model import InferlineSettings, LogSettings, ServerSettings
 
 if TYPE_CHECKING:
-    from inferline.engines.base import Generator
+    from inferline.engines.catalog import EngineCatalog
+    from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +44,7 @@ WORKER_HEADER = "x-inferline-worker"  # the pid of the process that answered
 OVERHEAD_HEADER = "x-inferline-overhead-ms"
 
 
-def create_app(chains: Catalog[Generator], engines: Catalog[Generator],
-               pipelines: Catalog[Any] | None,
+def create_app(chains: ChainCatalog, engines: EngineCatalog, pipelines: PipelineCatalog | None,
                settings: ServerSettings, *, log_settings: LogSettings | None = None,
                keys: ApiKeys | None = None,
                spend_store: SpendStore | None = None) -> web.Application:

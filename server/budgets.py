@@ -67,14 +67,11 @@ class Budgets:
     """Who has spent what today, and who may spend more."""
 
     def __init__(self, settings: BudgetSettings, keys: ApiKeys, *,
-                 store: SpendStore | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
-        """``keys``: the keys the server accepts (none: everyone shares one budget);
-        ``environ`` holds the variables ``settings.keys`` names (default: the process's)."""
-        env = os.environ if environ is None else environ
+                 store: SpendStore | None = None) -> None:
+        """``keys``: the keys the server accepts (none: everyone shares one budget)."""
         self.settings, self.keys, self.store = settings, keys, store
-        self._caps = {key_id(env[name]): cap for name, cap in settings.keys.items()
-                      if env.get(name)}
+        self._caps = {key_id(os.environ[name]): cap for name, cap in settings.keys.items()
+                      if os.environ.get(name)}
         self._day = ""
         self._local: dict[str, float] = {}  # this process's counts, for ``_day``
 

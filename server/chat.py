@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -37,14 +37,14 @@ from inferline.server.openai_api import (
     completion_body,
     new_completion_id,
     parse_chat_request,
+    public_provenance,
     tool_call_delta,
 )
-from inferline.server.sse import SseWriter
+from inferline.server.sse import DONE, SseWriter
 
 log = structlog.get_logger(__name__)
 
 ENGINE_HEADER = "x-inferline-engine"
-_NOT_JSON = object()
 
 
 async def read_json(request: web.Request) -> Any:
@@ -54,14 +54,13 @@ async def read_json(request: web.Request) -> Any:
     try:  # orjson first (fast); what it refuses, json decides, and words the error
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        body = _NOT_JSON
-    try:
-        body = json.loads(raw) if body is _NOT_JSON else body
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}",
-                       code="invalid_json") from None
-    except RecursionError:  # the decoder recurses once per nested [ or {
-        raise _too_deep() from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}",
+                           code="invalid_json") from None
+        except RecursionError:  # the decoder recurses once per nested [ or {
+            raise _too_deep() from None
     level = [body]
     for _ in range(100):  # each pass goes one level down, without recursing
         level = [v for x in level if isinstance(x, (dict, list))
@@ -77,7 +76,7 @@ def _too_deep() -> ApiError:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await answer(request, parse_chat_request, completion_body, stream_chat)
+    return await answer(request, parse_chat_request, completion_body, _Stream)
 
 
 class ApiRequest(Protocol):
@@ -98,17 +97,16 @@ ReqT = TypeVar("ReqT", bound=ApiRequest)
 
 async def answer(request: web.Request, parse: Callable[[Any], ReqT],
                  body: Callable[[str, Completion], dict[str, Any]],
-                 stream: Callable[[web.Request, Gateway, Generator, ReqT],
-                                  Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+                 stream: Callable[[web.Request, ReqT], StreamWriter]) -> web.StreamResponse:
     """One request of either API through a chain or an engine: the body ``parse``d, then
-    streamed by ``stream`` or answered whole as ``body(model, completion)``."""
+    streamed through ``stream(request, req)`` or answered whole as ``body(model, completion)``."""
     gw = request.app[GATEWAY]
     req = parse(await read_json(request))
     engine = gw.model(req.model)
     request[LOG_FIELDS].update(model=req.model, stream=req.stream)
     apply_cache_control(request.headers.get("Cache-Control"))  # no-cache, no-store
     if req.stream:
-        return await stream(request, gw, engine, req)
+        return await _stream(request, gw, engine, req, stream(request, req))
     async with asyncio.timeout_at(request[DEADLINE]):
         [done] = await engine.agenerate([req.conversation], req.inference_config)
     if not isinstance(done, Completion):
@@ -118,36 +116,37 @@ async def answer(request: web.Request, parse: Callable[[Any], ReqT],
     return json_response(body(req.model, done), headers={ENGINE_HEADER: done.served_by})
 
 
-async def stream_chat(request: web.Request, gw: Gateway, engine: Generator,
-                      req: ChatRequest) -> web.StreamResponse:
-    """Stream as OpenAI chunks. Headers wait for the first chunk, so a request that fails
-    before any text (bad parameter, every engine down) still gets a JSON error and status."""
-    stream = _Stream(request, req)
-    chunks = engine.astream(req.conversation, req.inference_config)
-    if (ended := await pump(request, gw, req.model, chunks, stream)) is not None:
-        return ended
-    served = record_success(request, gw, req.model, req.conversation,
-                            stream.done(engine.name), "".join(stream.text))
-    return await stream.finish(served)
-
-
 class StreamWriter(Protocol):
-    """What ``pump`` feeds: either API's stream of one answer."""
+    """Either API's stream of one answer: a ``StreamRecord`` with an SSE writer."""
+
+    text: list[str]
 
     @property
     def sse(self) -> SseWriter: ...
 
     async def add(self, chunk: StreamChunk) -> None: ...
+    def done(self, default_engine: str) -> Completion: ...
+    async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse: ...
 
-    async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse: ...
+
+async def _stream(request: web.Request, gw: Gateway, engine: Generator, req: ApiRequest,
+                  stream: StreamWriter) -> web.StreamResponse:
+    """Stream the answer. Headers wait for the first chunk, so a request that fails before
+    any text (bad parameter, every engine down) still gets a JSON error and its status."""
+    chunks = engine.astream(req.conversation, req.inference_config)
+    if (ended := await pump(request, gw, req.model, chunks, stream)) is not None:
+        return ended
+    done = stream.done(engine.name)
+    served = record_success(request, gw, req.model, req.conversation, done, "".join(stream.text))
+    return await stream.finish(done, served)
 
 
 async def pump(request: web.Request, gw: Gateway, model: str,
                chunks: AsyncGenerator[StreamChunk, None],
                stream: StreamWriter) -> web.StreamResponse | None:
     """Feed the engine's ``chunks`` to ``stream``: None once all are out, else the response
-    to end with (a failure after the first chunk, a client gone). A failure before the
-    first chunk is raised, so it still gets a JSON error and its status."""
+    to end with (a failure after the first chunk, as an error event; a client gone). A
+    failure before the first chunk is raised, so it still gets a JSON error and its status."""
     try:
         async with asyncio.timeout_at(request[DEADLINE]):
             async for chunk in chunks:
@@ -157,7 +156,12 @@ async def pump(request: web.Request, gw: Gateway, model: str,
             record_failure(gw, model, exc)
         if not stream.sse.started:
             raise
-        return await stream.fail(exc)
+        error = (api_error_for(exc) if isinstance(exc, InferlineError) else
+                 ApiError(504, "request timed out mid-stream", code="timeout"))
+        log.warning("stream_failed", request_id=request[REQUEST_ID],
+                    status=error.status, error=error.message)
+        request[LOG_FIELDS].update(stream_error=error.code)
+        return await stream.sse.close(error.body_for(request.path))
     except ConnectionResetError:  # the client went away; nothing left to tell it
         log.info("client_disconnected", request_id=request[REQUEST_ID])
         return stream.sse.response
@@ -195,7 +199,7 @@ class _Stream(StreamRecord):
 
     def __init__(self, request: web.Request, req: ChatRequest) -> None:
         super().__init__()
-        self.request, self.req = request, req
+        self.req = req
         self.cid, self.created = new_completion_id(), int(time.time())
         self.sse = SseWriter(request)
 
@@ -221,30 +225,13 @@ class _Stream(StreamRecord):
             await self.sse.send(*events)
         self.note(chunk)
 
-    async def finish(self, served: dict[str, Any]) -> web.StreamResponse:
-        events = self._start(served["served_by"])  # (an engine that said nothing at all)
-        last = self._chunk({}, self.last.finish_reason or "stop")
-        events.append({**last, "inferline": _public(served)})
+    async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse:
+        events = self._start(done.served_by)  # (an engine that said nothing at all)
+        last = self._chunk({}, done.finish_reason or "stop")
+        events.append({**last, "inferline": public_provenance(served)})
         if self.req.include_usage:
             events.append({**self._chunk({}), "choices": [], "usage": served["usage"]})
-        await self.sse.send(*events)
-        await self.sse.done()
-        return self.sse.response
-
-    async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse:
-        error = (api_error_for(exc) if isinstance(exc, InferlineError) else
-                 ApiError(504, "request timed out mid-stream", code="timeout"))
-        log.warning("stream_failed", request_id=self.request[REQUEST_ID],
-                    status=error.status, error=error.message)
-        self.request[LOG_FIELDS].update(stream_error=error.code)
-        await self.sse.error(error.body())
-        return self.sse.response
-
-
-def _public(served: dict[str, Any]) -> dict[str, Any]:
-    """The ``inferline`` field of an answer: who served it, every attempt, its cost."""
-    return {"served_by": served["served_by"], "attempts": served["attempts"],
-            "cost": served["cost"]}
+        return await self.sse.close(*events, end=DONE)
 
 
 def record_success(request: web.Request, gw: Gateway, model: str, conversation: Conversation,

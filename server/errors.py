@@ -1,7 +1,6 @@
 """OpenAI-style JSON errors, and the one place inferline's errors become HTTP statuses.
 
-    raise ApiError(404, "model 'x' not found", type="invalid_request_error",
-                   code="model_not_found", param="model")
+    raise ApiError(404, "model 'x' not found", code="model_not_found", param="model")
     api_error_for(exc)   # any InferlineError -> ApiError with the right status
 
 Every error body has the shape ``{"error": {"message", "type", "param", "code"}}``;
@@ -45,31 +44,30 @@ ANTHROPIC_PATH = "/v1/messages"
 
 
 class ApiError(Exception):
-    """An error answer: status, message, OpenAI type/code/param, extra headers and fields."""
+    """An error answer: status, message, OpenAI code/param, extra headers and fields."""
 
-    def __init__(self, status: int, message: str, *, type: str | None = None,
-                 code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type or _TYPES.get(status, "server_error")
         self.headers, self.extra = headers or {}, extra
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+    def body_for(self, path: str) -> dict[str, Any]:
+        """The body in the shape of the API that serves ``path``: OpenAI's, or Anthropic's
+        (its error types; extra fields such as attempts kept in both)."""
+        if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+            kind = _ANTHROPIC_TYPES.get(self.status) or (
+                "api_error" if self.status >= 500 else "invalid_request_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message, **self.extra}}
+        kind = _TYPES.get(self.status, "server_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param,
                           "code": self.code, **self.extra}}
 
-    def anthropic_body(self) -> dict[str, Any]:
-        """The same error as Anthropic's API words it (extra fields such as attempts kept)."""
-        kind = _ANTHROPIC_TYPES.get(self.status) or (
-            "api_error" if self.status >= 500 else "invalid_request_error")
-        return {"type": "error", "error": {"type": kind, "message": self.message, **self.extra}}
-
-    def response(self, path: str = "") -> web.Response:
+    def response(self, path: str) -> web.Response:
         """The JSON answer, in the shape of the API that serves ``path``."""
-        anthropic = path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
-        return web.json_response(self.anthropic_body() if anthropic else self.body(),
-                                 status=self.status, headers=self.headers, dumps=json.dumps)
+        return web.json_response(self.body_for(path), status=self.status, headers=self.headers,
+                                 dumps=json.dumps)
 
 
 def api_error_for(exc: InferlineError) -> ApiError:
@@ -107,7 +105,5 @@ def _engine_error(exc: EngineError) -> ApiError:
 def http_error(exc: web.HTTPException) -> ApiError:
     """aiohttp's own errors (no route, wrong method, body too large) as JSON."""
     codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-    message = exc.text or exc.reason
-    if exc.status == 404:
-        message = "no such route"
+    message = "no such route" if exc.status == 404 else exc.text or exc.reason
     return ApiError(exc.status, message, code=codes.get(exc.status))

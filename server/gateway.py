@@ -4,14 +4,13 @@
     engine = gw.model("default")      # a chain first, else an engine; ApiError(404) if neither
 
 Collaborators arrive here; nothing in ``inferline.server`` imports the container.
-``chains``, ``engines`` and ``pipelines`` are catalogs: ``.get(name)`` and ``.names()``.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -21,22 +20,17 @@ from inferline.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from inferline.engines.base import Generator
+    from inferline.engines.catalog import EngineCatalog
+    from inferline.pipelines.catalog import ChainCatalog, PipelineCatalog
+    from inferline.pipelines.pipeline import Pipeline
     from inferline.settings.model import InferlineSettings
-
-
-T_co = TypeVar("T_co", covariant=True)
-
-
-class Catalog(Protocol[T_co]):
-    def get(self, name: str) -> T_co: ...
-    def names(self) -> list[str]: ...
 
 
 @dataclass
 class Gateway:
-    chains: Catalog[Generator]
-    engines: Catalog[Generator]
-    pipelines: Catalog[Any] | None
+    chains: ChainCatalog
+    engines: EngineCatalog
+    pipelines: PipelineCatalog | None
     settings: InferlineSettings
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: InFlight = field(init=False)
@@ -52,11 +46,10 @@ class Gateway:
             return self.engines.get(name)
         raise _not_found("model", name, [*self.chains.names(), *self.engines.names()])
 
-    def pipeline(self, name: str) -> Any:
-        names = self.pipelines.names() if self.pipelines is not None else []
-        if name not in names:
-            raise _not_found("pipeline", name, names)
-        return self.pipelines.get(name)  # type: ignore[union-attr]
+    def pipeline(self, name: str) -> Pipeline:
+        if self.pipelines is not None and name in self.pipelines.names():
+            return self.pipelines.get(name)
+        raise _not_found("pipeline", name, self.pipelines.names() if self.pipelines else [])
 
 
 def _not_found(kind: str, name: str, known: list[str]) -> ApiError:

@@ -7,7 +7,7 @@
 Which fields are taken is in ``anthropic_api``. As on chat, the serving engine comes back
 in the ``x-inferline-engine`` header and an ``inferline`` field
 (``message.model_extra["inferline"]`` in the SDK; streamed, in the ``message_delta``
-event). Errors are in Anthropic's shape (``ApiError.anthropic_body``); one after the
+event). Errors are in Anthropic's shape (``ApiError.body_for``); one after the
 stream has started is an ``event: error``.
 """
 
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from inferline.core.types import ToolCallDelta
-from inferline.engines.base import Completion, Generator, StreamChunk
-from inferline.errors import InferlineError
+from inferline.engines.base import Completion, StreamChunk
 from inferline.server._json import dumps
 from inferline.server.anthropic_api import (
     MESSAGE_STOP,
@@ -34,33 +32,14 @@ from inferline.server.anthropic_api import (
     message_start,
     parse_messages_request,
     text_delta,
-    tool_use_block,
 )
-from inferline.server.chat import ENGINE_HEADER, StreamRecord, answer, pump, record_success
-from inferline.server.context import LOG_FIELDS, REQUEST_ID
-from inferline.server.errors import ApiError, api_error_for
-from inferline.server.gateway import Gateway
+from inferline.server.chat import ENGINE_HEADER, StreamRecord, answer
 from inferline.server.sse import SseWriter
-
-log = structlog.get_logger(__name__)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """The route's handler: one Messages request through a chain or an engine."""
-    return await answer(request, parse_messages_request, message_body, _stream)
-
-
-async def _stream(request: web.Request, gw: Gateway, engine: Generator,
-                  req: MessagesRequest) -> web.StreamResponse:
-    """Stream Anthropic's events. As on chat, headers wait for the first chunk, so a
-    request that fails before any text still gets a JSON error and its status."""
-    stream = _MessageStream(request, req.model)
-    chunks = engine.astream(req.conversation, req.inference_config)
-    if (ended := await pump(request, gw, req.model, chunks, stream)) is not None:
-        return ended
-    done = stream.done(engine.name)
-    record_success(request, gw, req.model, req.conversation, done, "".join(stream.text))
-    return await stream.finish(done)
+    return await answer(request, parse_messages_request, message_body, _MessageStream)
 
 
 class _EventWriter(SseWriter):
@@ -70,17 +49,13 @@ class _EventWriter(SseWriter):
     def _encode(data: dict[str, Any]) -> bytes:
         return f"event: {data['type']}\ndata: ".encode() + dumps(data) + b"\n\n"
 
-    async def close(self) -> web.StreamResponse:
-        await self.response.write_eof()
-        return self.response
-
 
 class _MessageStream(StreamRecord):
     """One streamed message: its event writer and what it has said so far."""
 
-    def __init__(self, request: web.Request, model: str) -> None:
+    def __init__(self, request: web.Request, req: MessagesRequest) -> None:
         super().__init__()
-        self.request, self.model = request, model
+        self.model = req.model
         self.sse = _EventWriter(request)
         self.index, self.in_text = 0, True  # the open content block (text block 0 at first)
         self.calls: dict[int, int] = {}  # a tool call's index -> its content block's index
@@ -94,8 +69,9 @@ class _MessageStream(StreamRecord):
         """Each tool call as a ``tool_use`` block; its arguments as ``input_json_delta``s."""
         events = []
         for delta in deltas:
-            if delta.id is not None:
-                events += self._open(tool_use_block(delta))
+            if delta.id is not None:  # a call's first piece: its block, the input to follow
+                events += self._open({"type": "tool_use", "id": delta.id, "name": delta.name,
+                                      "input": {}})
                 self.calls[delta.index], self.in_text = self.index, False
             if delta.arguments:
                 events.append(input_json_delta(self.calls[delta.index], delta.arguments))
@@ -122,16 +98,7 @@ class _MessageStream(StreamRecord):
             await self.sse.send(*events)
         self.note(chunk)
 
-    async def finish(self, done: Completion) -> web.StreamResponse:
+    async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse:
         events = self._start(done.served_by)  # (an engine that said nothing at all)
-        await self.sse.send(*events, block_stop(self.index), message_delta(done), MESSAGE_STOP)
-        return await self.sse.close()
-
-    async def fail(self, exc: InferlineError | TimeoutError) -> web.StreamResponse:
-        error = (api_error_for(exc) if isinstance(exc, InferlineError) else
-                 ApiError(504, "request timed out mid-stream", code="timeout"))
-        log.warning("stream_failed", request_id=self.request[REQUEST_ID],
-                    status=error.status, error=error.message)
-        self.request[LOG_FIELDS].update(stream_error=error.code)
-        await self.sse.send(error.anthropic_body())
-        return await self.sse.close()
+        return await self.sse.close(*events, block_stop(self.index),
+                                    message_delta(done, served), MESSAGE_STOP)

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -26,7 +25,6 @@ from prometheus_client import (
 )
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:

@@ -2,7 +2,7 @@
 
     req = parse_chat_request(body)          # ApiError(400) naming the bad field
     conv, config = req.conversation, req.inference_config
-    completion_body(req.model, out, served)  # the non-streaming answer
+    completion_body(req.model, done)        # the non-streaming answer
 
 Request fields:
 
@@ -161,8 +161,6 @@ class StreamOptions(_Strict):
 class ChatRequest(_Strict):
     """The accepted body of ``POST /v1/chat/completions``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
-
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, gt=0)
@@ -191,9 +189,6 @@ class ChatRequest(_Strict):
     @cached_property
     def inference_config(self) -> InferenceConfig:
         """Only the fields the client set; the engine's own defaults fill the rest."""
-        return InferenceConfig(generation=GenerationParams(**self._generation_fields()))
-
-    def _generation_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         if (limit := self.max_completion_tokens or self.max_tokens) is not None:
             fields["max_new_tokens"] = limit
@@ -213,7 +208,7 @@ class ChatRequest(_Strict):
                     t.function.name == fields["tool_choice"] for t in self.tools or ())):
                 raise ApiError(400, f"tool_choice names {fields['tool_choice']!r}, which is not "
                                "in tools", param="tool_choice", code="invalid_value")
-        return fields
+        return InferenceConfig(generation=GenerationParams(**fields))
 
     @property
     def include_usage(self) -> bool:
@@ -279,9 +274,14 @@ def completion_body(model: str, done: Completion) -> dict[str, Any]:
             "model": model,
             "choices": [{"index": 0, "logprobs": None, "message": answer_message(done),
                          "finish_reason": done.finish_reason or "stop"}],
-            "usage": served["usage"],
-            "inferline": {"served_by": done.served_by, "attempts": served["attempts"],
-                          "cost": served["cost"]}}
+            "usage": served["usage"], "inferline": public_provenance(served)}
+
+
+def public_provenance(served: dict[str, Any]) -> dict[str, Any]:
+    """The ``inferline`` field of an answer (either API's) from ``Completion.provenance()``:
+    who served it, every attempt, its cost."""
+    return {"served_by": served["served_by"], "attempts": served["attempts"],
+            "cost": served["cost"]}
 
 
 def answer_message(done: Completion) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Each engine's state for ``GET /ready``: loaded, available, circuit_open or unavailable (with
 the reason).
 
-    body = await readiness(engines)
+    body = await readiness(engines, chains)
     # {"ready": true, "engines": {"local": {"state": "loaded"},
     #   "cloud": {"state": "unavailable", "reason": "API key variable OPENAI_API_KEY is not set"}}}
 
@@ -15,28 +15,26 @@ Preflight is cheap (packages, files, keys, memory): nothing is loaded here.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferline.errors import ConfigurationError, EngineUnavailableError
-from inferline.pipelines.breaker import Breakers
+
+if TYPE_CHECKING:
+    from inferline.engines.catalog import EngineCatalog
+    from inferline.pipelines.catalog import ChainCatalog
 
 PREFLIGHT_TIMEOUT_S = 5.0
 SERVING_STATES = frozenset({"loaded", "available"})
 
 
-async def readiness(engines: Any, breakers: dict[str, Any] | None = None,
-                    retired: dict[str, str] | None = None) -> dict[str, Any]:
-    """The state of every engine, and whether any of them can serve.
-
-    ``breakers`` maps engine names to the fallback chains' circuit breakers; ``retired``
-    names the engines a chain took out of service (a failed preflight or load), with why.
-    """
-    breakers, retired = breakers if breakers is not None else {}, retired or {}
-    store = breakers.store if isinstance(breakers, Breakers) else None
-    if isinstance(breakers, Breakers):  # the shared circuits, or the local ones if unreachable
-        breakers = await breakers.refresh(engines.names()) or breakers
+async def readiness(engines: EngineCatalog, chains: ChainCatalog) -> dict[str, Any]:
+    """The state of every engine, and whether any can serve; ``chains`` hold the breakers and
+    the engines a chain took out of service (a failed preflight or load), with why."""
+    names, retired, store = engines.names(), chains.retired(), chains.breakers.store
+    # the shared circuits, or the local ones (also while the store is unreachable)
+    breakers = await chains.breakers.refresh(names) or chains.breakers
     states: dict[str, dict[str, Any]] = {}
-    for name in engines.names():
+    for name in names:
         breaker = breakers.get(name)
         if name in retired:
             states[name] = {"state": "unavailable", "reason": retired[name]}
@@ -50,7 +48,7 @@ async def readiness(engines: Any, breakers: dict[str, Any] | None = None,
     return body if store is None else {**body, "state": store.status()}
 
 
-async def engine_state(engines: Any, name: str) -> dict[str, Any]:
+async def engine_state(engines: EngineCatalog, name: str) -> dict[str, Any]:
     try:
         engine = engines.get(name)  # construction only: cheap
     except ConfigurationError as exc:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from inferline.errors import InferlineError
 from inferline.server.budgets import spend
@@ -24,7 +24,6 @@ from inferline.server.context import DEADLINE, LOG_FIELDS
 from inferline.server.errors import ApiError
 from inferline.server.gateway import GATEWAY
 from inferline.server.messages import messages
-from inferline.server.metrics import CONTENT_TYPE
 from inferline.server.readiness import readiness
 
 
@@ -58,13 +57,9 @@ async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     kinds = [("chain", gw.chains.names()), ("engine", gw.engines.names()),
              ("pipeline", gw.pipelines.names() if gw.pipelines is not None else [])]
-    data = [_model(name, kind) for kind, names in kinds for name in names]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "inferline",
+             "inferline": {"kind": kind}} for kind, names in kinds for name in names]
     return web.json_response({"object": "list", "data": data})
-
-
-def _model(name: str, kind: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "inferline",
-            "inferline": {"kind": kind}}
 
 
 async def health(request: web.Request) -> web.Response:
@@ -75,9 +70,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """``GET /ready``: each engine's state; 503 when no engine can serve."""
     gw = request.app[GATEWAY]
-    chains = gw.chains
-    body = await readiness(gw.engines, getattr(chains, "breakers", None),
-                           chains.retired() if hasattr(chains, "retired") else None)
+    body = await readiness(gw.engines, gw.chains)
     return web.json_response(body, status=200 if body["ready"] else 503)
 
 
@@ -85,7 +78,7 @@ async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format."""
     gw = request.app[GATEWAY]
     gw.metrics.in_flight.set(gw.in_flight.count)
-    return web.Response(body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def add_routes(app: web.Application) -> None:

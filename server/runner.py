@@ -56,7 +56,7 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s:
         except OSError as exc:  # address in use, not ours to bind, ...
             raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                      key="server.port") from None
-        url = _url(site)
+        url = http_url(*site._server.sockets[0].getsockname()[:2])  # type: ignore[union-attr]
         gc.freeze()  # what start-up built lives on: later collections skip it (4% CPU here)
         log.info("server_started", url=url, grace_s=shutdown_grace_s, pid=os.getpid())
         if on_ready is None:
@@ -70,9 +70,8 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_grace_s:
     log.info("server_stopped")
 
 
-def _url(site: web.TCPSite) -> str:
-    host, port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
-    return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _wait_for_signal() -> None:

@@ -1,8 +1,8 @@
 """Server-sent events as OpenAI streams them: ``data: {json}`` events, then ``data: [DONE]``.
 
-    sse = SseWriter(request, headers={"x-inferline-engine": "llamacpp"})
+    sse = SseWriter(request)
     await sse.send(role_chunk, first_text_chunk)   # one write: one packet, not two
-    await sse.done()
+    await sse.close(last_chunk, end=DONE)          # the last chunk and data: [DONE]
 
 An error after the stream has started cannot change the status any more; it is
 sent as an ``{"error": {...}}`` event, which the OpenAI SDK raises as ``APIError``.
@@ -16,15 +16,17 @@ from aiohttp import web
 
 from inferline.server._json import dumps
 
+DONE = b"data: [DONE]\n\n"
+
 
 class SseWriter:
     """One event stream; headers go out with the first event, in the same write."""
 
-    def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, request: web.Request) -> None:
         self.request = request
         self.response = _Response(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", **(headers or {})})
+            "X-Accel-Buffering": "no"})
 
     @property
     def started(self) -> bool:
@@ -38,13 +40,11 @@ class SseWriter:
     def _encode(data: dict[str, Any]) -> bytes:
         return b"data: " + dumps(data) + b"\n\n"
 
-    async def error(self, body: dict[str, Any]) -> None:
-        await self.send(body)
+    async def close(self, *events: dict[str, Any], end: bytes = b"") -> web.StreamResponse:
+        """``events`` and ``end`` (OpenAI's ``DONE``) in one last write; the stream ends."""
+        await self._write(b"".join(map(self._encode, events)) + end)
         await self.response.write_eof()
-
-    async def done(self) -> None:
-        await self._write(b"data: [DONE]\n\n")
-        await self.response.write_eof()
+        return self.response
 
     async def _write(self, data: bytes) -> None:
         if not self.response.prepared:

@@ -19,7 +19,7 @@ import importlib.util
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -105,6 +105,7 @@ local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return total
 """
+SCRIPTS = (ADMIT, FAIL, READ, SPACE, BUCKET, SPEND)
 
 
 def shared_state(settings: StateSettings) -> RedisState | None:
@@ -123,6 +124,8 @@ class RedisState:
 
     def __init__(self, url: str, *, prefix: str = "inferline:") -> None:
         self.url, self.prefix = url, prefix
+        parts = urlsplit(url)
+        self.where = f"{parts.hostname}:{parts.port or 6379}{parts.path}"  # never a password
         self.error: str | None = None  # why Redis is unreachable, while it is
         self._retry_at = 0.0
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
@@ -130,12 +133,6 @@ class RedisState:
 
     def __repr__(self) -> str:
         return f"RedisState({self.where!r})"
-
-    @property
-    def where(self) -> str:
-        """host:port/db, never a password."""
-        parts = urlsplit(self.url)
-        return f"{parts.hostname}:{parts.port or 6379}{parts.path}"
 
     def status(self) -> dict[str, Any]:
         """For ``/ready``: ok, or degraded (serving on local state) and why."""
@@ -148,8 +145,8 @@ class RedisState:
 
     async def admit(self, key: str, cooldown_s: float, trial_ttl_s: float) -> Circuit | None:
         keys = [self._circuit(key), self._circuit(key) + ":trial"]
-        reply = await self._run(lambda r: r.script(ADMIT)(keys, [_ms(cooldown_s),
-                                                                 _ms(trial_ttl_s)]))
+        reply = await self._run(lambda r: r.scripts[ADMIT](keys, [_ms(cooldown_s),
+                                                                  _ms(trial_ttl_s)]))
         if reply is None:
             return None
         failures, open_ms, admitted = reply
@@ -161,14 +158,12 @@ class RedisState:
         if ok:
             done = await self._run(lambda r: r.client.delete(*keys))
             return None if done is None else Circuit(0, None)
-        reply = await self._run(lambda r: r.script(FAIL)(keys, [failure_threshold,
-                                                                _ms(cooldown_s), KEEP_MS]))
+        reply = await self._run(lambda r: r.scripts[FAIL](keys, [failure_threshold,
+                                                                 _ms(cooldown_s), KEEP_MS]))
         return None if reply is None else Circuit(int(reply[0]), _seconds(reply[1]))
 
     async def read(self, keys: list[str]) -> dict[str, Circuit] | None:
-        if not keys:
-            return {}
-        reply = await self._run(lambda r: r.script(READ)([self._circuit(k) for k in keys]))
+        reply = await self._run(lambda r: r.scripts[READ]([self._circuit(k) for k in keys]))
         if reply is None:
             return None
         return {key: Circuit(int(f), _seconds(o), cooldown_s=int(c) / 1000 or None)
@@ -184,14 +179,14 @@ class RedisState:
 
     async def next_slot(self, name: str, interval_s: float) -> float | None:
         """Reserve the next request slot of ``name``: seconds until it comes."""
-        waited = await self._run(lambda r: r.script(SPACE)([self._key("rpm", name)],
-                                                           [round(interval_s * 1e6)]))
+        waited = await self._run(lambda r: r.scripts[SPACE]([self._key("rpm", name)],
+                                                            [round(interval_s * 1e6)]))
         return None if waited is None else int(waited) / 1e6
 
     async def take_tokens(self, name: str, tokens_per_minute: float, take: float,
                           give_back: float = 0.0) -> float | None:
         """Take ``take`` tokens from ``name``'s bucket: 0, or seconds until there are enough."""
-        waited = await self._run(lambda r: r.script(BUCKET)(
+        waited = await self._run(lambda r: r.scripts[BUCKET](
             [self._key("tpm", name)], [tokens_per_minute, take, give_back]))
         return None if waited is None else int(waited) / 1e6
 
@@ -200,8 +195,8 @@ class RedisState:
     async def add_spend(self, day: str, who: str, amount: float) -> float | None:
         """Add ``amount`` USD to ``who``'s spend on ``day``: the new total."""
         key = self._key("spend", f"{day}:{who}")
-        total = await self._run(lambda r: r.script(SPEND)([key], [f"{amount:.17g}",
-                                                                   SPEND_KEEP_MS]))
+        total = await self._run(lambda r: r.scripts[SPEND]([key], [f"{amount:.17g}",
+                                                                    SPEND_KEEP_MS]))
         return None if total is None else float(total)
 
     async def spent(self, day: str, who: str) -> float | None:
@@ -223,19 +218,16 @@ class RedisState:
         try:
             reply = await call(self._client())
         except (exceptions.ConnectionError, exceptions.TimeoutError, OSError, TimeoutError) as exc:
-            self._down(exc)
+            self._retry_at = time.monotonic() + RETRY_S
+            if self.error is None:
+                self.error = str(exc) or type(exc).__name__
+                log.warning("shared_state_unreachable", backend="redis", at=self.where,
+                            error=self.error, fallback="local state")
             return None
         if self.error is not None:
             log.info("shared_state_restored", backend="redis", at=self.where)
             self.error = None
         return reply
-
-    def _down(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + RETRY_S
-        if self.error is None:
-            self.error = str(exc) or type(exc).__name__
-            log.warning("shared_state_unreachable", backend="redis", at=self.where,
-                        error=self.error, fallback="local state")
 
     def _client(self) -> _Connection:
         """This loop's client (a client's connections belong to the loop that opened them)."""
@@ -246,9 +238,10 @@ class RedisState:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            conn = self._clients[loop] = _Connection(Redis.from_url(
-                self.url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0)))
+            client = Redis.from_url(self.url, socket_connect_timeout=TIMEOUT_S,
+                                    socket_timeout=TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+            scripts = {text: client.register_script(text) for text in SCRIPTS}
+            conn = self._clients[loop] = _Connection(client, scripts)
         return conn
 
     async def aclose(self) -> None:
@@ -266,15 +259,10 @@ class RedisState:
 
 @dataclass
 class _Connection:
-    """One loop's client, and the scripts registered with it (sent by SHA after the first)."""
+    """One loop's client, and every script registered with it (sent by SHA after the first)."""
 
     client: Redis
-    scripts: dict[str, AsyncScript] = field(default_factory=dict)
-
-    def script(self, text: str) -> AsyncScript:
-        if text not in self.scripts:
-            self.scripts[text] = self.client.register_script(text)
-        return self.scripts[text]
+    scripts: dict[str, AsyncScript]
 
 
 class SharedRateLimiter(RateLimiter):
@@ -295,15 +283,12 @@ class SharedRateLimiter(RateLimiter):
                 return await super().acquire(estimated_tokens)
             await asyncio.sleep(wait)
         if self._tpm:
+            amount = min(float(estimated_tokens), self._tpm)
             async with self._queue:
-                await self._shared_tokens(min(float(estimated_tokens), self._tpm))
-
-    async def _shared_tokens(self, amount: float) -> None:
-        assert self._tpm is not None
-        while (wait := await self.state.take_tokens(self.name, self._tpm, amount)) != 0:
-            if wait is None:
-                return await self._take_tokens(amount)
-            await asyncio.sleep(wait)
+                while (wait := await self.state.take_tokens(self.name, self._tpm, amount)) != 0:
+                    if wait is None:
+                        return await self._take_tokens(amount)
+                    await asyncio.sleep(wait)
 
     def settle(self, estimated_tokens: int, used_tokens: int) -> None:
         if self._tpm and estimated_tokens != used_tokens:

@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from inferline.errors import ConfigurationError
+from inferline.server.runner import http_url
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +49,7 @@ def supervise(worker: Worker, args: Sequence[Any], *, workers: int, host: str, p
         ready: multiprocessing.Queue[str] = ctx.Queue()
         procs = [ctx.Process(target=_work, args=(worker, tuple(args), port, ready),
                              name=f"inferline-worker-{i}") for i in range(workers)]
-        return _Supervisor(procs, ready, _url(host, port), grace_s).run()
+        return _Supervisor(procs, ready, http_url(host, port), grace_s).run()
 
 
 class _Supervisor:
@@ -78,21 +79,15 @@ class _Supervisor:
         listening, announced = 0, False
         while live := [p for p in self.procs if p.exitcode is None]:
             wait([p.sentinel for p in live], timeout=0.1)
-            listening += self._drain_ready()
+            with contextlib.suppress(queue.Empty):
+                while True:  # one message per worker that listens
+                    self.ready.get_nowait()
+                    listening += 1
             if listening == len(self.procs) and self.stop_at is None and not announced:
                 announced = True
                 log.info("workers_started", url=self.url, pids=[p.pid for p in self.procs])
                 print(f"inferline: serving on {self.url}", file=sys.stderr, flush=True)
             self._reap()
-
-    def _drain_ready(self) -> int:
-        count = 0
-        while True:
-            try:
-                self.ready.get_nowait()
-            except queue.Empty:
-                return count
-            count += 1
 
     def _reap(self) -> None:
         """A worker that exits unasked stops the rest; stragglers past the grace are killed."""
@@ -103,12 +98,11 @@ class _Supervisor:
                 self._signal(signal.SIGTERM)
         if self.stop_at is not None and time.monotonic() - self.stop_at > (
                 self.grace_s + KILL_AFTER_S):
-            self.status = self.status or 1
-            self._signal(signal.SIGKILL)
+            self._signal(signal.SIGKILL)  # (a killed worker makes ``run`` return 1)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         log.info("workers_stopping", signal=signal.Signals(signum).name)
-        self._signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+        self._signal(signal.SIGTERM)  # SIGINT too: a worker drains on SIGTERM
 
     def _signal(self, signum: int) -> None:
         self.stop_at = self.stop_at or time.monotonic()
@@ -138,22 +132,16 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 def _reserve(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with ``SO_REUSEPORT`` that never listens."""
+    sock = None
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                                 key="server.host") from None
-    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-    except OSError as exc:
-        sock.close()
+    except OSError as exc:  # no socket yet: the host is at fault, else the port
+        if sock is not None:
+            sock.close()
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                                 key="server.port") from None
+                                 key="server.host" if sock is None else "server.port") from None
     return sock
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

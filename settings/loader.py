@@ -86,8 +86,10 @@ def _walk(node: yaml.Node, file: str, path: tuple[str, ...], lines: Lines,
     if isinstance(node, yaml.MappingNode):
         out = {}
         for k, v in node.value:
-            key = _key(k, file)
-            out[key] = _walk(v, file, (*path, key), lines, count)
+            if not isinstance(k, yaml.ScalarNode):
+                raise ConfigurationError("a key must be a plain name, not a list or mapping",
+                                         file=file, line=k.start_mark.line + 1)
+            out[k.value] = _walk(v, file, (*path, k.value), lines, count)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(v, file, (*path, str(i)), lines, count) for i, v in enumerate(node.value)]
@@ -100,13 +102,6 @@ def _walk(node: yaml.Node, file: str, path: tuple[str, ...], lines: Lines,
     except (yaml.YAMLError, ValueError) as exc:  # an unknown !tag, a date like 2024-13-45
         raise ConfigurationError(f"invalid value: {getattr(exc, 'problem', None) or exc}",
                                  file=file, line=line, key=".".join(path)) from None
-
-
-def _key(node: yaml.Node, file: str) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise ConfigurationError("a key must be a plain name, not a list or mapping", file=file,
-                                 line=node.start_mark.line + 1)
-    return str(node.value)
 
 
 def _text(path: str | Path) -> str:
@@ -251,8 +246,7 @@ def _blamed(err: ConfigurationError, exc: ValidationError, overrides: dict[str, 
         return err  # variables only ever set known sections (INFERLINE_DATA_DIR sets nothing)
     for name, (file, line) in _variables(dotenv).items():
         path = tuple(name.lower().removeprefix("inferline_").split("__"))
-        if name.upper().startswith("INFERLINE_") and (loc[:len(path)] == path
-                                                       or loc[:1] == (name.lower(),)):
+        if name.upper().startswith("INFERLINE_") and loc[:len(path)] == path:
             return ConfigurationError(err.message, file=file, line=line, key=name, hint=err.hint)
     return err
 

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from inferline.core.configs import (
     GenerationParams,
@@ -28,7 +28,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-CacheMode = Literal["off", "read_write", "read_only", "write_only"]
+def _off(value: Any) -> Any:
+    """A mode of ``off``, which YAML reads as false."""
+    return "off" if value is False else value
 
 
 class CacheSettings(_Section):
@@ -40,7 +42,8 @@ class CacheSettings(_Section):
     """
 
     backend: Literal["disk", "redis"] = "disk"
-    mode: CacheMode = "read_write"
+    mode: Annotated[Literal["off", "read_write", "read_only", "write_only"],
+                    BeforeValidator(_off)] = "read_write"
     ttl_s: float | None = Field(default=None, gt=0)  # None: entries never expire
     path: str | None = None  # disk: the folder (default: <INFERLINE_DATA_DIR>/responses)
     url: str = "redis://127.0.0.1:6379/0"  # redis
@@ -49,12 +52,8 @@ class CacheSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _from_mode(cls, value: Any) -> Any:
-        """``off`` (which YAML reads as false), ``record``, ... -> ``{"mode": ...}``."""
-        if isinstance(value, dict) and value.get("mode") is False:
-            return {**value, "mode": "off"}
-        if value is False or isinstance(value, str):
-            return {"mode": value or "off"}
-        return value
+        """``off``, ``read_only``, ... -> ``{"mode": ...}``."""
+        return {"mode": value} if value is False or isinstance(value, str) else value
 
 
 class EngineSettings(_Section):
@@ -179,13 +178,8 @@ class InferlineSettings(_Section):
     #: record every engine exchange into ``replay_cassette``, or serve them from it
     #: (``engines/replay.py``): ``INFERLINE_REPLAY=record``; two flat keys, so a variable
     #: for one keeps the other from the settings file
-    replay: Literal["off", "record", "replay"] = "off"
+    replay: Annotated[Literal["off", "record", "replay"], BeforeValidator(_off)] = "off"
     replay_cassette: str = "inferline.cassette.jsonl"  # JSONL; INFERLINE_REPLAY_CASSETTE
-
-    @field_validator("replay", mode="before")
-    @classmethod
-    def _off(cls, value: Any) -> Any:
-        return "off" if value is False else value  # YAML reads a bare off as false
 
     @model_validator(mode="after")
     def _chains_name_engines(self) -> InferlineSettings:
@@ -196,7 +190,7 @@ class InferlineSettings(_Section):
         return self
 
 
-def expand_chain(name: str, chains: Mapping[str, Any], engines: Mapping[str, Any],
+def expand_chain(name: str, chains: Mapping[str, Any], engines: Collection[str],
                  _path: tuple[str, ...] = ()) -> list[str]:
     """The engine names of chain ``name``, with member chains expanded in place.
 

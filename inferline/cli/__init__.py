@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if extra and args.command != "infer":  # only infer takes dotted overrides
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     module = importlib.import_module(f"inferline.cli.{args.command}")
     try:

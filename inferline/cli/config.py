@@ -23,15 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from inferline.settings import load_settings
 
-    refuse_extra(args)
     data = load_settings(args.settings, env=args.env).model_dump(mode="json")
     print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False))
     return 0
-
-
-def refuse_extra(args: argparse.Namespace) -> None:
-    """Arguments the command does not take are an error (``main`` collects them)."""
-    if args.extra:
-        from inferline.errors import ConfigurationError
-
-        raise ConfigurationError(f"unrecognized arguments: {' '.join(args.extra)}")

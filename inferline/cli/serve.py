@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from inferline.server.auth import ApiKeys, check_bind
 from inferline.server.runner import run as run_loop
@@ -37,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferline.containers import build_container
-
-    container = build_container(args.settings, env=args.env, overrides=_flags(args))
+    container = _container(args)
     server = container.settings().server
     keys = ApiKeys.from_env(server.api_key_env_varnames)
     check_bind(server.host, keys, allow_public=server.allow_unauthenticated_public)
@@ -55,19 +53,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace, port: int, ready: Callable[[str], None]) -> None:
     """One process of ``--workers``: its own container and app, on the parent's port."""
-    from inferline.containers import build_container
-
     args.port = port
-    container = build_container(args.settings, env=args.env, overrides=_flags(args))
+    container = _container(args)
     keys = ApiKeys.from_env(container.settings().server.api_key_env_varnames)
     run_loop(_serve(container, keys, reuse_port=True, on_ready=ready))
 
 
-def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags given, as the settings layer that beats every other (validated with it)."""
+def _container(args: argparse.Namespace) -> Container:
+    """The container, with the flags given as the settings layer that beats every other."""
+    from inferline.containers import build_container
+
     server = {"host": args.host, "port": args.port, "workers": args.workers,
               "allow_unauthenticated_public": args.allow_unauthenticated_public or None}
-    return {"server": {k: v for k, v in server.items() if v is not None}}
+    overrides = {"server": {k: v for k, v in server.items() if v is not None}}
+    return build_container(args.settings, env=args.env, overrides=overrides)
 
 
 def _check_pipelines(container: Container) -> PipelineCatalog:

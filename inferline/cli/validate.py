@@ -19,10 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferline.cli.config import refuse_extra
     from inferline.containers import build_container
 
-    refuse_extra(args)
     pipeline = build_container(args.settings, env=args.env).pipelines().load(args.pipeline)
     steps = ", ".join(step.kind for step in pipeline.spec.steps)
     print(f"ok: pipeline {pipeline.name!r}: {steps} -> {pipeline.spec.output!r}")

@@ -1,9 +1,9 @@
 """Exactly-once JSONL output that survives a crash, and the progress bar of file runs
 (``inferline.pipelines.runner`` is the one runner that uses both).
 
-Each output line carries its row's key. On open, the writer reads the lines
-already there, drops a torn last line (a crash mid-write), and reports which
-keys are done; a rerun skips those rows. Lines are flushed one by one, so a
+Each output line carries its input row's index (``_row``). On open, the writer
+reads the lines already there, drops a torn last line (a crash mid-write), and
+reports which rows are done; a rerun skips them. Lines are flushed one by one, so a
 kill loses at most the row being written.
 
     >>> import json, tempfile, pathlib
@@ -27,11 +27,9 @@ from inferline.errors import ConfigurationError
 
 
 class ResumableJsonlWriter:
-    def __init__(self, path: str | Path, *, key: str = "_row") -> None:
-        """``key``: the field of each output line that names its input row."""
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.done: set[Any] = set()
-        self._key = key
+        self.done: set[Any] = set()  # the ``_row`` of every line already there
         self._fh: Any = None
 
     def __enter__(self) -> ResumableJsonlWriter:
@@ -55,15 +53,15 @@ class ResumableJsonlWriter:
         for lineno, line in enumerate(data[:cut].splitlines(), 1):
             if line.strip():
                 try:
-                    self.done.add(json.loads(line)[self._key])
+                    self.done.add(json.loads(line)["_row"])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ConfigurationError(f"existing output line is not a result row ({exc})",
                                              file=str(self.path), line=lineno) from exc
 
     def write(self, line: str) -> None:
-        """Append one JSON line (without newline; it carries its key) and flush it to the OS.
+        """Append one JSON line (without newline; it carries its ``_row``) and flush it to the OS.
 
-        ``done`` keeps only the keys found on open: a run moves forward through its
+        ``done`` keeps only the rows found on open: a run moves forward through its
         rows, so a million rows written cost no memory here.
         """
         self._fh.write(line + "\n")
@@ -76,7 +74,8 @@ class _NoBar:
 
 
 def progress_bar(total: int, done: int, desc: str = "inferring") -> Any:
-    """A tqdm bar on stderr when it is a terminal; otherwise one that draws nothing."""
+    """A tqdm bar on stderr when it is a terminal; otherwise one that draws nothing (without
+    importing tqdm: ~50 ms)."""
     if not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm

@@ -23,7 +23,7 @@ MILLION = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """USD spent on one call (or a sum of calls), by what was paid for."""
+    """USD spent on one call, by what was paid for."""
 
     input_usd: float = 0.0
     output_usd: float = 0.0
@@ -33,10 +33,6 @@ class Cost:
     @property
     def usd(self) -> float:
         return self.input_usd + self.output_usd + self.time_usd
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.input_usd + other.input_usd, self.output_usd + other.output_usd,
-                    self.time_usd + other.time_usd, self.seconds + other.seconds)
 
 
 FREE = Cost()

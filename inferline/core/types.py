@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+from inferline.errors import ConfigurationError
 
 
 class Role(str, Enum):
@@ -144,29 +147,23 @@ class Conversation(BaseModel):
         return cls(messages=[*msgs, Message(role=Role.USER, content=prompt)])
 
 
-def iter_jsonl(path: str | Path) -> Iterator[Conversation]:
+def read_jsonl(path: str | Path) -> list[Conversation]:
     """Conversations from a JSONL file, one per non-blank line.
 
     A bad line raises ``ConfigurationError`` naming the file and line.
     """
-    from pydantic import ValidationError
-
-    from inferline.errors import ConfigurationError
-
+    conversations = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                yield Conversation.model_validate_json(line)
-            except ValidationError as exc:
+                conversations.append(Conversation.model_validate_json(line))
+            except pydantic.ValidationError as exc:
                 err = exc.errors()[0]
                 key = ".".join(str(p) for p in err["loc"]) or None
                 raise ConfigurationError(err["msg"], file=str(path), line=lineno, key=key) from exc
-
-
-def read_jsonl(path: str | Path) -> list[Conversation]:
-    return list(iter_jsonl(path))
+    return conversations
 
 
 def write_jsonl(path: str | Path, conversations: Iterable[Conversation]) -> None:

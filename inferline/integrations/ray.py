@@ -135,10 +135,9 @@ def _connect(ray: Any, address: str | None) -> bool:
         return False
     if not address:
         init_local()
-    elif urlsplit(f"//{address}").hostname in LOOPBACK:  # a cluster init_local started
-        with single_machine():
-            ray.init(address=address, logging_level=logging.WARNING)
-    else:
+        return True
+    local = urlsplit(f"//{address}").hostname in LOOPBACK  # a cluster init_local started
+    with single_machine() if local else contextlib.nullcontext():
         ray.init(address=address, logging_level=logging.WARNING)
     return True
 
@@ -217,20 +216,16 @@ def block_size(todo: int, batch_size: int, actors: int) -> int:
 def _dataset(ray: Any, source: Any, settings: InferlineSettings, pipeline: Pipeline,
              resources: dict[str, float], *, actors: int, batch_size: int) -> Any:
     """The rows of ``source`` through a pool of ``PipelineWorker`` actors, as results."""
-    _quiet(ray)
+    # Ray Data's progress bars off (ours is drawn) and its start/finish notes unlogged
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
     pool = ray.data.ActorPoolStrategy(size=actors)
     # reading a span is light; and with 0 CPUs it never waits for the actors' CPUs
     rows = ray.data.read_datasource(source, num_cpus=0)
     return rows.map_batches(PipelineWorker, batch_size=batch_size, batch_format="pyarrow",
                             fn_constructor_args=(settings, pipeline.spec, source.path),
                             compute=pool, **resources)
-
-
-def _quiet(ray: Any) -> None:
-    """Ray Data's progress bars off (ours is drawn) and its start/finish notes unlogged."""
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
 
 
 def default_workers(ray: Any, resources: dict[str, float]) -> int:

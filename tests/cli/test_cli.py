@@ -44,6 +44,11 @@ def test_help_lists_commands() -> None:
      "flag --generation.max_new_tokens needs a value"),
     (["config", "show", "--settings", "/nonexistent.yaml"], "cannot read file"),
     (["bogus"], "invalid choice: 'bogus'"),
+    # a stray flag is refused by every command but infer (whose extras are overrides)
+    (["models", "--bogus"], "unrecognized arguments: --bogus"),
+    (["engines", "--bogus"], "unrecognized arguments: --bogus"),
+    (["serve", "--port", "9", "--bogus"], "unrecognized arguments: --bogus"),
+    (["config", "show", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     out = cli(*args)

@@ -89,6 +89,23 @@ async def stream_joins_to_text(engine: BaseInferenceEngine) -> None:
     assert chunks[-1].usage.as_dict() == whole.metadata["usage"]
 
 
+async def bad_logit_bias_fails_the_request_not_the_engine(engine: BaseInferenceEngine) -> None:
+    """A word-keyed logit_bias fails that request (the chain's next engine serves it); the
+    engine keeps serving plain requests, with no strike against it."""
+    from inferline.engines.base import Completion
+    from inferline.engines.testing import FakeEngine
+    from inferline.pipelines.fallback import FallbackChain
+
+    chain = FallbackChain("c", [engine, FakeEngine("backup")])
+    [biased] = await chain.agenerate([CAPITAL], config(logit_bias={"Paris": 5.0}))
+    assert chain.breaker(engine).failures == 0
+    [plain] = await chain.agenerate([CAPITAL], config(max_new_tokens=16))
+    assert isinstance(biased, Completion) and biased.served_by == "backup"
+    assert biased.attempts[0].error == "UnsupportedRequestError"
+    assert isinstance(plain, Completion) and plain.served_by == engine.name
+    assert "Paris" in plain.text and chain.unavailable == {}
+
+
 def child_processes() -> list[str]:
     """Live (not zombie) child processes of this one, by command line."""
     found = []

@@ -283,14 +283,4 @@ async def test_self_check_passes_and_a_wrong_answer_makes_it_unavailable(
 async def test_a_bad_logit_bias_fails_the_request_not_the_engine(
         engine: LlamaCppInferenceEngine) -> None:
     """Issue 11: a word-keyed logit_bias once retired llama.cpp from a chain for good."""
-    from inferline.engines.base import Completion
-    from inferline.engines.testing import FakeEngine
-    from inferline.pipelines.fallback import FallbackChain
-
-    chain = FallbackChain("c", [engine, FakeEngine("backup")])
-    [biased] = await chain.agenerate([check.CAPITAL], check.config(logit_bias={"Paris": 5.0}))
-    [plain] = await chain.agenerate([check.CAPITAL], check.config(max_new_tokens=16))
-    assert isinstance(biased, Completion) and biased.served_by == "backup"
-    assert biased.attempts[0].error == "UnsupportedRequestError"
-    assert isinstance(plain, Completion) and plain.served_by == engine.name
-    assert "Paris" in plain.text and chain.unavailable == {}
+    await check.bad_logit_bias_fails_the_request_not_the_engine(engine)

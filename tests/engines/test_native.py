@@ -50,6 +50,13 @@ async def test_seed_repeats_sampling(engine: NativeTextInferenceEngine) -> None:
 
 
 @pytest.mark.slow
+async def test_a_bad_logit_bias_fails_the_request_not_the_engine(
+        engine: NativeTextInferenceEngine) -> None:
+    """It was a ConfigurationError: the chain counted it against the engine's breaker."""
+    await check.bad_logit_bias_fails_the_request_not_the_engine(engine)
+
+
+@pytest.mark.slow
 async def test_stream_joins_to_the_same_text(engine: NativeTextInferenceEngine) -> None:
     await check.stream_joins_to_text(engine)
 
