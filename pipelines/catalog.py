@@ -92,14 +92,15 @@ class PipelineCatalog:
     def specs(self) -> dict[str, PipelineSpec]:
         """Pipeline name -> its checked spec, every file read once."""
         if self._specs is None:
-            self._specs = {}
+            specs: dict[str, PipelineSpec] = {}  # kept only once every file has been read
             for i, folder in enumerate([*map(Path, self.settings.dirs), self.EXAMPLES]):
                 if not folder.is_dir():  # one of the settings' (the examples are packaged)
                     raise ConfigurationError(f"no such folder: {folder}",
                                              key=f"pipelines.dirs.{i}")
                 for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
                     spec = PipelineSpec.from_yaml(path)
-                    self._specs.setdefault(spec.name, spec)
+                    specs.setdefault(spec.name, spec)
+            self._specs = specs
         return self._specs
 
     def names(self) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -131,29 +131,18 @@ class StreamWriter(Protocol):
 
 async def _stream(request: web.Request, gw: Gateway, engine: Generator, req: ApiRequest,
                   stream: StreamWriter) -> web.StreamResponse:
-    """Stream the answer. Headers wait for the first chunk, so a request that fails before
-    any text (bad parameter, every engine down) still gets a JSON error and its status."""
+    """Feed the engine's chunks to ``stream``, then its closing events. Headers wait for the
+    first chunk, so a request that fails before any text (bad parameter, every engine down)
+    still gets a JSON error and its status; a failure after it ends the stream with an error
+    event."""
     chunks = engine.astream(req.conversation, req.inference_config)
-    if (ended := await pump(request, gw, req.model, chunks, stream)) is not None:
-        return ended
-    done = stream.done(engine.name)
-    served = record_success(request, gw, req.model, req.conversation, done, "".join(stream.text))
-    return await stream.finish(done, served)
-
-
-async def pump(request: web.Request, gw: Gateway, model: str,
-               chunks: AsyncGenerator[StreamChunk, None],
-               stream: StreamWriter) -> web.StreamResponse | None:
-    """Feed the engine's ``chunks`` to ``stream``: None once all are out, else the response
-    to end with (a failure after the first chunk, as an error event; a client gone). A
-    failure before the first chunk is raised, so it still gets a JSON error and its status."""
     try:
         async with asyncio.timeout_at(request[DEADLINE]):
             async for chunk in chunks:
                 await stream.add(chunk)
     except (InferlineError, TimeoutError) as exc:
         if isinstance(exc, InferlineError):
-            record_failure(gw, model, exc)
+            record_failure(gw, req.model, exc)
         if not stream.sse.started:
             raise
         error = (api_error_for(exc) if isinstance(exc, InferlineError) else
@@ -167,7 +156,9 @@ async def pump(request: web.Request, gw: Gateway, model: str,
         return stream.sse.response
     finally:
         await chunks.aclose()
-    return None
+    done = stream.done(engine.name)
+    served = record_success(request, gw, req.model, req.conversation, done, "".join(stream.text))
+    return await stream.finish(done, served)
 
 
 class StreamRecord:

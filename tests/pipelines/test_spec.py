@@ -167,3 +167,17 @@ def test_binary_utf16_or_alias_bomb_pipeline_is_one_line(
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"inferline: error: {tmp_path}/p.yaml:")
     assert message in err and err.count("\n") == 1
+
+
+def test_a_bad_spec_fails_every_lookup_not_just_the_first(tmp_path: Path) -> None:
+    """A catalog that stopped at a bad file once kept what it had read so far as all there is."""
+    from inferline.errors import ConfigurationError
+    from inferline.pipelines.catalog import PipelineCatalog
+    from inferline.settings.model import PipelineSettings
+
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text("name: [broken\n")
+    catalog = PipelineCatalog(PipelineSettings(dirs=[str(tmp_path)]), chains=None)  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="b.yaml"):
+            catalog.names()
