@@ -18,7 +18,6 @@ The gateway enters ``started(container)`` from its app's ``cleanup_ctx``.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -73,11 +72,12 @@ def build_container(settings_file: str | Path | None = None, *, env: str | None 
 @contextlib.asynccontextmanager
 async def started(container: Container) -> AsyncIterator[Container]:
     """The container's resources, started; on exit shut down (every engine built is closed)."""
-    await _maybe_await(container.init_resources())
+    # dependency-injector returns an awaitable when a resource is async, as the shutdowns are
+    await container.init_resources()  # type: ignore[misc]
     try:
         yield container
     finally:
-        await _maybe_await(container.shutdown_resources())
+        await container.shutdown_resources()  # type: ignore[misc]
 
 
 def running(settings_file: str | Path | None = None, *, env: str | None = None,
@@ -85,12 +85,6 @@ def running(settings_file: str | Path | None = None, *, env: str | None = None,
             ) -> contextlib.AbstractAsyncContextManager[Container]:
     """``started(build_container(...))``: what every command runs inside."""
     return started(build_container(settings_file, env=env, overrides=overrides))
-
-
-async def _maybe_await(result: Any) -> None:
-    """dependency-injector returns an awaitable only when some resource is async."""
-    if inspect.isawaitable(result):
-        await result
 
 
 __all__ = ["Container", "build_container", "running", "started"]

@@ -85,7 +85,7 @@ class AnthropicInferenceEngine(BaseRemoteEngine):
                           arguments=orjson.dumps(part.get("input") or {}).decode())
                  for part in body["content"] if part["type"] == "tool_use"]
         return Completion(text, _finish(body.get("stop_reason")), _usage(body["usage"]),
-                          tool_calls=calls)
+                          tool_calls=calls or ())
 
     def _stream_event(self, event: str, data: str) -> StreamChunk | None:
         obj = orjson.loads(data)

@@ -68,10 +68,10 @@ class Completion:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     served_by: str = ""
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: Sequence[Attempt] = ()
     cache: str | None = None  # "hit" when a response cache answered (``engines/cache.py``)
     #: the functions the model asked to call (finish_reason "tool_calls")
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: Sequence[ToolCall] = ()
     #: what this answer cost (``inferline.core.cost``); FREE for a cache hit or a replay,
     #: which build their completions without one
     cost: Cost = FREE

@@ -103,7 +103,7 @@ class RemoteInferenceEngine(BaseRemoteEngine):
         if calls and finish == "stop":  # a forced call (named tool_choice) ends with "stop"
             finish = "tool_calls"
         return Completion(message.get("content") or "", finish,
-                          _usage(body.get("usage")) or Usage(), tool_calls=calls)
+                          _usage(body.get("usage")) or Usage(), tool_calls=calls or ())
 
     def _stream_event(self, event: str, data: str) -> StreamChunk | None:
         if data == "[DONE]":

@@ -28,8 +28,8 @@ import asyncio
 import os
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import orjson
@@ -62,6 +62,7 @@ log = structlog.get_logger(__name__)
 
 Body = dict[str, Any]
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+T = TypeVar("T")
 _JSON = "application/json"  # on the serialised body's payload: no Content-Type header per request
 
 
@@ -167,113 +168,119 @@ class BaseRemoteEngine(BaseInferenceEngine):
         this process (gateway replicas, through Redis: ``server/state.py``)."""
         self._states.make_limiter = make
 
-    # -- one request: the one send path, and the one retry loop over it ----------
+    # -- one request: one send, one retry loop over it ------------------------------
 
-    async def _exchange(self, conversation: Conversation, base: Body, state: LoopState, *,
-                        stream: bool) -> AsyncIterator[Completion | StreamChunk]:
-        """One conversation's request, the one send path: a ``Completion``, or the
-        stream's chunks (the last with finish_reason and usage).
+    async def _send(self, data: bytes, state: LoopState, *, stream: bool) -> aiohttp.ClientResponse:
+        """POST ``data`` once, like httpx's ``Client.send``: the 200 response, its body read
+        unless ``stream`` (then ``_chunks`` reads and releases it). A non-200 reply or a
+        failed transport raises the mapped ``EngineError``."""
+        await self._refresh_auth()
+        began = time.perf_counter()
+        try:
+            resp = await state.session.post(
+                self.api_url, data=aiohttp.BytesPayload(data, content_type=_JSON),
+                headers=self._headers(), timeout=self._timeout)
+            if resp.status != 200:
+                raise await status_error(resp, engine=self.name, scrub=self._scrub)
+            if not stream:
+                await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
+        waits.add(time.perf_counter() - began)  # to the whole body, or to a stream's headers
+        return resp
 
-        Transient failures before anything was yielded are retried (after back-off);
-        after that the error is raised, since the caller already holds part of the
-        answer. After each success the worker rests ``politeness_policy`` seconds.
-        """
+    async def _retrying(self, attempt: Callable[[bytes, LoopState], Awaitable[T]],
+                        conversation: Conversation, base: Body, state: LoopState) -> tuple[T, int]:
+        """``attempt`` on the conversation's body under the rate limits, retried while it fails
+        transiently (``max_retries`` times, after a back-off that honours ``Retry-After``);
+        its result, and the tokens reserved for it (to settle)."""
+        params, tries = self.remote_params, 0
         data = orjson.dumps(self._body(conversation, base))
         estimate = self._estimate_tokens(conversation, base) if state.limiter.active else 0
-        pause, attempt = self.remote_params.politeness_policy, 0
         while True:
-            used = sent = 0
+            if state.limiter.active:
+                await state.limiter.acquire(estimate)
             try:
-                if estimate:
-                    await state.limiter.acquire(estimate)
-                async with state.slots:
-                    await self._refresh_auth()
-                    try:
-                        began = time.perf_counter()
-                        async with state.session.post(
-                                self.api_url, data=aiohttp.BytesPayload(data, content_type=_JSON),
-                                headers=self._headers(), timeout=self._timeout) as resp:
-                            if resp.status != 200:
-                                raise await status_error(resp, engine=self.name, scrub=self._scrub)
-                            if not stream:
-                                raw = await resp.read()
-                                waits.add(time.perf_counter() - began)
-                                done = self._parse(raw)
-                                sent, used = 1, _tokens(done)
-                                yield done
-                            else:
-                                waits.add(time.perf_counter() - began)  # to the headers
-                                async for chunk in self._chunks(resp):
-                                    sent, used = sent + 1, _tokens(chunk) or used
-                                    yield chunk
-                    except (TimeoutError, aiohttp.ClientError) as exc:
-                        raise transport_error(exc, self.remote_params, engine=self.name,
-                                              scrub=self._scrub) from exc
-                    if pause:
-                        await asyncio.sleep(pause)
-                state.limiter.settle(estimate, used)
-                return
+                return await attempt(data, state), estimate
             except EngineError as exc:
                 state.limiter.settle(estimate, 0)  # a failed try hands its tokens back
-                if sent or not isinstance(exc, RetryableEngineError):
+                if not isinstance(exc, RetryableEngineError):
                     raise
-                attempt += 1
-                await self._before_retry(exc, attempt)
+                tries += 1
+                if tries > params.max_retries:
+                    log.warning("remote_request_failed", engine=self.name, attempts=tries,
+                                status=exc.status, error=exc.message)
+                    raise
+                delay = max(params.politeness_policy, backoff_delay(
+                    tries, base=params.retry_backoff_base, cap=params.retry_backoff_max,
+                    retry_after=exc.retry_after))
+                log.info("remote_retry", engine=self.name, attempt=tries, status=exc.status,
+                         delay_s=round(delay, 3), error=exc.message)
+            await asyncio.sleep(delay)
 
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[StreamChunk]:
+    async def _request(self, data: bytes, state: LoopState) -> Completion:
+        return self._parse(await (await self._send(data, state, stream=False)).read())
+
+    async def _open_stream(self, data: bytes, state: LoopState,
+                           ) -> tuple[StreamChunk, AsyncGenerator[StreamChunk, None]]:
+        """Send, and read up to the first chunk: failures until then are retried."""
+        chunks = self._chunks(await self._send(data, state, stream=True))
+        return await anext(chunks), chunks
+
+    async def _complete(self, conversation: Conversation, base: Body,
+                        state: LoopState) -> Completion | EngineError:
+        """A request holds its worker slot from its first try (back-off included) to the
+        ``politeness_policy`` pause after its success."""
+        try:
+            async with state.slots:
+                done, estimate = await self._retrying(self._request, conversation, base, state)
+                state.limiter.settle(estimate, _tokens(done))
+                await self._rest()
+        except EngineError as exc:
+            return exc
+        return done
+
+    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[StreamChunk, None]:
         """The text of an SSE reply as it arrives, then one chunk with finish_reason and usage."""
         final, calls = StreamChunk(), dict[int, int]()  # a protocol's call index -> 0, 1, ...
-        async for event, payload in waits.timed(iter_sse(resp.content)):
-            try:
-                chunk = self._stream_event(event, payload)
-            except StreamEnd:
-                break
-            except _PARSE_ERRORS as exc:
-                raise malformed("a stream event", payload, exc, engine=self.name) from exc
-            if chunk is None:
-                continue
-            merge_final(final, chunk)
-            for delta in chunk.tool_calls or ():
-                delta.index = calls.setdefault(delta.index, len(calls))
-            if chunk.text or chunk.tool_calls:
-                yield StreamChunk(chunk.text, tool_calls=chunk.tool_calls)
+        try:
+            async for event, payload in waits.timed(iter_sse(resp.content)):
+                try:
+                    chunk = self._stream_event(event, payload)
+                except StreamEnd:
+                    break
+                except _PARSE_ERRORS as exc:
+                    raise malformed("a stream event", payload, exc, engine=self.name) from exc
+                if chunk is None:
+                    continue
+                merge_final(final, chunk)
+                for delta in chunk.tool_calls or ():
+                    delta.index = calls.setdefault(delta.index, len(calls))
+                if chunk.text or chunk.tool_calls:
+                    yield StreamChunk(chunk.text, tool_calls=chunk.tool_calls)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            resp.release()
         if final.finish_reason is None:
             raise RetryableEngineError("stream ended before the answer finished", engine=self.name)
         if calls and final.finish_reason == "stop":  # a forced call (named tool_choice)
             final.finish_reason = "tool_calls"
         yield final
 
-    async def _complete(self, conversation: Conversation, base: Body,
-                        state: LoopState) -> Completion | EngineError:
-        done = None
-        try:
-            # run the exchange to its end: that releases the slot and settles the limiter
-            async for item in self._exchange(conversation, base, state, stream=False):
-                done = item
-        except EngineError as exc:
-            return exc
-        assert isinstance(done, Completion)
-        return done
-
-    async def _before_retry(self, exc: RetryableEngineError, attempt: int) -> None:
-        """Sleep before retry ``attempt``, or re-raise once retries are spent."""
-        params = self.remote_params
-        if attempt > params.max_retries:
-            log.warning("remote_request_failed", engine=self.name, attempts=attempt,
-                        status=exc.status, error=exc.message)
-            raise exc
-        delay = max(params.politeness_policy, backoff_delay(
-            attempt, base=params.retry_backoff_base, cap=params.retry_backoff_max,
-            retry_after=exc.retry_after))
-        log.info("remote_retry", engine=self.name, attempt=attempt, status=exc.status,
-                 delay_s=round(delay, 3), error=exc.message)
-        await asyncio.sleep(delay)
+    async def _rest(self) -> None:
+        """The ``politeness_policy`` pause after each success, still in the worker slot."""
+        if pause := self.remote_params.politeness_policy:
+            await asyncio.sleep(pause)
 
     def _parse(self, raw: bytes) -> Completion:
         try:
             return self._completion(orjson.loads(raw))
         except _PARSE_ERRORS as exc:
             raise malformed("a 200 reply", raw, exc, engine=self.name) from exc
+
+    def _transport_error(self, exc: BaseException) -> RetryableEngineError:
+        return transport_error(exc, self.remote_params, engine=self.name, scrub=self._scrub)
 
     def _event_error(self, err: Any) -> EngineError:
         """An error object inside a 200 reply or stream (see ``_http.body_error``)."""
@@ -308,9 +315,22 @@ class BaseRemoteEngine(BaseInferenceEngine):
 
     async def _astream(self, conversation: Conversation,
                        params: GenerationParams) -> AsyncIterator[StreamChunk]:
+        """Text as it arrives; failures before the first chunk are retried, later ones
+        raise (the caller already holds part of the answer)."""
         state, base = self._states.get(), self._request_base(params, stream=True)
-        async for chunk in self._exchange(conversation, base, state, stream=True):
-            yield chunk  # type: ignore[misc]
+        async with state.slots:
+            (first, rest), estimate = await self._retrying(self._open_stream, conversation, base,
+                                                           state)
+            last, used = first, 0
+            try:
+                yield first
+                async for last in rest:
+                    yield last
+                used = _tokens(last)
+            finally:
+                await rest.aclose()
+                state.limiter.settle(estimate, used)  # a broken stream hands its tokens back
+            await self._rest()
 
 
 def _tokens(item: Completion | StreamChunk) -> int:

@@ -200,7 +200,7 @@ class ReplayEngine(EngineWrapper):
             [done] = await self._replay([conversation], inference_config)
             if not isinstance(done, Completion):
                 raise done
-            yield done.as_chunk(done.attempts)
+            yield done.as_chunk(list(done.attempts))
             return
         [request] = await self.keys.arequests([conversation], inference_config)
         text: list[str] = []

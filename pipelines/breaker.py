@@ -124,11 +124,9 @@ class Breakers(dict[str, CircuitBreaker]):
         self.store = store
 
     async def refresh(self, names: Iterable[str]) -> dict[str, CircuitBreaker] | None:
-        """The breakers of ``names`` as the store has them (mirrors updated; an engine no
-        chain here has used yet gets a breaker for the answer only); None if unreachable."""
-        if self.store is None:
-            return {name: self[name] for name in names if name in self}
-        shared = await self.store.read(list(names))
+        """The breakers of ``names`` as the store has them (mirrors updated; an engine no chain
+        here has used yet gets a breaker for the answer only); None if no store or unreachable."""
+        shared = None if self.store is None else await self.store.read(list(names))
         if shared is None:
             return None
         out: dict[str, CircuitBreaker] = {}

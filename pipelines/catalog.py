@@ -62,15 +62,14 @@ class ChainCatalog:
     def _chain(self, name: str, spec: ChainSettings, cache: CacheSettings | None) -> FallbackChain:
         """The chain ``name`` over ``spec``, built once per step cache."""
         key = name if cache is None else f"{name} cache={cache.model_dump_json()}"
-        if key in self._built:
-            return self._built[key]
-        try:
-            engines = expand_chain(name, {**self.specs, name: spec}, self.engines.names())
-        except ValueError as exc:
-            raise ConfigurationError(str(exc), key=f"chains.{name}") from None
-        cache = cache_layers(spec.cache, cache)  # the chain's cache, a step's over it
-        self._built[key] = FallbackChain(
-            name, [self.engines.get(n, cache=cache) for n in engines], spec, self.breakers)
+        if key not in self._built:
+            try:
+                engines = expand_chain(name, {**self.specs, name: spec}, self.engines.names())
+            except ValueError as exc:
+                raise ConfigurationError(str(exc), key=f"chains.{name}") from None
+            cache = cache_layers(spec.cache, cache)  # the chain's cache, a step's over it
+            self._built[key] = FallbackChain(
+                name, [self.engines.get(n, cache=cache) for n in engines], spec, self.breakers)
         return self._built[key]
 
 

@@ -47,10 +47,11 @@ class Row:
     def reject(self, error: OutputValidationError) -> None:
         """Mark the last answer's attempt (a chain's answer has one) as rejected, saying why
         and what it was."""
-        attempts = self.calls[-1].attempts
-        attempts[-1] = dataclasses.replace(
-            attempts[-1], error=type(error).__name__,
-            message=f"{error.reason}; answer: {error.output[:200]!r}")
+        done = self.calls[-1]
+        *before, last = done.attempts
+        done.attempts = [*before, dataclasses.replace(
+            last, error=type(error).__name__,
+            message=f"{error.reason}; answer: {error.output[:200]!r}")]
 
     def reask(self, reason: str) -> Conversation:
         """The last exchange, plus a turn that says why its answer was rejected."""

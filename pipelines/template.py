@@ -28,7 +28,7 @@ _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False
 
 class PromptTemplate:
     def __init__(self, source: str, *, name: str) -> None:
-        self.source, self.name = source, name
+        self.name = name
         try:
             ast = _ENV.parse(source)
         except TemplateSyntaxError as exc:

@@ -29,7 +29,7 @@ from inferline.server.budgets import BUDGETS, Budgets, SpendStore, budget_middle
 from inferline.server.context import LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for, http_error
 from inferline.server.gateway import GATEWAY, Gateway
-from inferline.server.limits import limits_middleware
+from inferline.server.limits import InFlight, limits_middleware
 from inferline.server.routes import add_routes
 from inferline.settings.model import InferlineSettings, LogSettings, ServerSettings
 
@@ -51,7 +51,7 @@ def create_app(chains: ChainCatalog, engines: EngineCatalog, pipelines: Pipeline
     """The gateway over these catalogs. Keys default to those the settings name; spend
     per key is counted in ``spend_store`` (Redis: every replica) or in memory."""
     full = InferlineSettings(server=settings, log=log_settings or LogSettings())
-    gateway = Gateway(chains, engines, pipelines, full)
+    gateway = Gateway(chains, engines, pipelines, full, InFlight(settings.max_concurrency))
     keys = keys if keys is not None else ApiKeys.from_env(settings.api_key_env_varnames)
     budgets = Budgets(settings.budgets, keys, store=spend_store)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[

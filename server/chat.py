@@ -26,7 +26,7 @@ from inferline.core.types import Conversation
 from inferline.engines.base import Completion, Generator, StreamChunk, Usage
 from inferline.engines.cache import apply_cache_control
 from inferline.errors import AllEnginesFailedError, EngineError, InferlineError
-from inferline.server._json import json_response
+from inferline.server._json import dumps
 from inferline.server.budgets import spend
 from inferline.server.context import DEADLINE, LOG_FIELDS, REQUEST_ID
 from inferline.server.errors import ApiError, api_error_for
@@ -97,7 +97,7 @@ ReqT = TypeVar("ReqT", bound=ApiRequest)
 
 async def answer(request: web.Request, parse: Callable[[Any], ReqT],
                  body: Callable[[str, Completion], dict[str, Any]],
-                 stream: Callable[[web.Request, ReqT], StreamWriter]) -> web.StreamResponse:
+                 stream: Callable[[web.Request, ReqT], StreamRecord]) -> web.StreamResponse:
     """One request of either API through a chain or an engine: the body ``parse``d, then
     streamed through ``stream(request, req)`` or answered whole as ``body(model, completion)``."""
     gw = request.app[GATEWAY]
@@ -113,24 +113,12 @@ async def answer(request: web.Request, parse: Callable[[Any], ReqT],
         record_failure(gw, req.model, done)
         raise done
     record_success(request, gw, req.model, req.conversation, done, done.text)
-    return json_response(body(req.model, done), headers={ENGINE_HEADER: done.served_by})
-
-
-class StreamWriter(Protocol):
-    """Either API's stream of one answer: a ``StreamRecord`` with an SSE writer."""
-
-    text: list[str]
-
-    @property
-    def sse(self) -> SseWriter: ...
-
-    async def add(self, chunk: StreamChunk) -> None: ...
-    def done(self, default_engine: str) -> Completion: ...
-    async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse: ...
+    return web.Response(body=dumps(body(req.model, done)), content_type="application/json",
+                        headers={ENGINE_HEADER: done.served_by})
 
 
 async def _stream(request: web.Request, gw: Gateway, engine: Generator, req: ApiRequest,
-                  stream: StreamWriter) -> web.StreamResponse:
+                  stream: StreamRecord) -> web.StreamResponse:
     """Feed the engine's chunks to ``stream``, then its closing events. Headers wait for the
     first chunk, so a request that fails before any text (bad parameter, every engine down)
     still gets a JSON error and its status; a failure after it ends the stream with an error
@@ -140,6 +128,7 @@ async def _stream(request: web.Request, gw: Gateway, engine: Generator, req: Api
         async with asyncio.timeout_at(request[DEADLINE]):
             async for chunk in chunks:
                 await stream.add(chunk)
+                stream.note(chunk)
     except (InferlineError, TimeoutError) as exc:
         if isinstance(exc, InferlineError):
             record_failure(gw, req.model, exc)
@@ -162,12 +151,20 @@ async def _stream(request: web.Request, gw: Gateway, engine: Generator, req: Api
 
 
 class StreamRecord:
-    """What a streamed answer has said so far: its text, and its finish reason, usage and
-    provenance as they arrive (chat completions and messages alike)."""
+    """One streamed answer of either API: its SSE writer, what it has said so far (its
+    text), and its finish reason, usage and provenance as they arrive. Each API's subclass
+    writes its events: a chunk's in ``add``, the closing ones in ``finish``."""
 
-    def __init__(self) -> None:
+    def __init__(self, sse: SseWriter) -> None:
+        self.sse = sse
         self.text: list[str] = []
         self.last = StreamChunk()
+
+    async def add(self, chunk: StreamChunk) -> None:
+        raise NotImplementedError
+
+    async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse:
+        raise NotImplementedError
 
     def note(self, chunk: StreamChunk) -> None:
         last = self.last
@@ -186,13 +183,12 @@ class StreamRecord:
 
 
 class _Stream(StreamRecord):
-    """One streamed answer: its SSE writer and what it has said so far."""
+    """A streamed chat completion: OpenAI's ``chat.completion.chunk`` events."""
 
     def __init__(self, request: web.Request, req: ChatRequest) -> None:
-        super().__init__()
+        super().__init__(SseWriter(request))
         self.req = req
         self.cid, self.created = new_completion_id(), int(time.time())
-        self.sse = SseWriter(request)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return chunk_body(self.cid, self.created, self.req.model, delta, finish)
@@ -214,7 +210,6 @@ class _Stream(StreamRecord):
                                                       for d in chunk.tool_calls]}))
         if events:
             await self.sse.send(*events)
-        self.note(chunk)
 
     async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse:
         events = self._start(done.served_by)  # (an engine that said nothing at all)

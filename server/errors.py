@@ -11,7 +11,6 @@ Anthropic's, ``{"type": "error", "error": {"type", "message"}}``, so Claude SDKs
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -66,8 +65,7 @@ class ApiError(Exception):
 
     def response(self, path: str) -> web.Response:
         """The JSON answer, in the shape of the API that serves ``path``."""
-        return web.json_response(self.body_for(path), status=self.status, headers=self.headers,
-                                 dumps=json.dumps)
+        return web.json_response(self.body_for(path), status=self.status, headers=self.headers)
 
 
 def api_error_for(exc: InferlineError) -> ApiError:

@@ -1,6 +1,6 @@
 """What the gateway serves: named chains, engines and pipelines, plus its counters.
 
-    gw = Gateway(chains, engines, pipelines, settings)
+    gw = Gateway(chains, engines, pipelines, settings, InFlight(settings.server.max_concurrency))
     engine = gw.model("default")      # a chain first, else an engine; ApiError(404) if neither
 
 Collaborators arrive here; nothing in ``inferline.server`` imports the container.
@@ -32,11 +32,8 @@ class Gateway:
     engines: EngineCatalog
     pipelines: PipelineCatalog | None
     settings: InferlineSettings
+    in_flight: InFlight  # inference requests now, up to ``server.max_concurrency``
     metrics: Metrics = field(default_factory=Metrics)
-    in_flight: InFlight = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.in_flight = InFlight(self.settings.server.max_concurrency)
 
     def model(self, name: str) -> Generator:
         """The chain or engine called ``name`` (chains win a tie)."""

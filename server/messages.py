@@ -51,12 +51,11 @@ class _EventWriter(SseWriter):
 
 
 class _MessageStream(StreamRecord):
-    """One streamed message: its event writer and what it has said so far."""
+    """A streamed message: Anthropic's events, and which content block is open."""
 
     def __init__(self, request: web.Request, req: MessagesRequest) -> None:
-        super().__init__()
+        super().__init__(_EventWriter(request))
         self.model = req.model
-        self.sse = _EventWriter(request)
         self.index, self.in_text = 0, True  # the open content block (text block 0 at first)
         self.calls: dict[int, int] = {}  # a tool call's index -> its content block's index
 
@@ -96,7 +95,6 @@ class _MessageStream(StreamRecord):
             events += self._calls(chunk.tool_calls)
         if events:
             await self.sse.send(*events)
-        self.note(chunk)
 
     async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse:
         events = self._start(done.served_by)  # (an engine that said nothing at all)

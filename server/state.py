@@ -43,6 +43,7 @@ KEEP_MS = 24 * 3600 * 1000  # a breaker's record outlives its last change this l
 SPEND_KEEP_MS = 2 * KEEP_MS  # a day's spend counter outlives its UTC day
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+_NOW_US = "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2] "
 # KEYS: circuit, trial; ARGV: cooldown_ms, trial_ttl_ms -> {failures, open_for_ms|-1, admitted}
 ADMIT = _NOW_MS + """
 local h = redis.call('HMGET', KEYS[1], 'failures', 'opened')
@@ -77,18 +78,14 @@ end
 return out
 """
 # KEYS: next slot; ARGV: interval_us -> microseconds to wait for the slot reserved
-SPACE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
+SPACE = _NOW_US + """
 local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local after = slot + tonumber(ARGV[1])
 redis.call('SET', KEYS[1], string.format('%d', after), 'PX', math.ceil((after - now) / 1000) + 1000)
 return slot - now
 """
 # KEYS: bucket; ARGV: tokens_per_minute, take, give_back -> microseconds to wait (0: taken)
-BUCKET = """
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
+BUCKET = _NOW_US + """
 local tpm = tonumber(ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens, stamp = tonumber(h[1] or ARGV[1]), tonumber(h[2] or now)

@@ -46,7 +46,7 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = _parser(command if command in COMMANDS else None)
+    parser = _parser(command)
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()

@@ -47,16 +47,14 @@ def run(args: argparse.Namespace) -> int:
         _check_pipelines(container)  # once, here, rather than once per worker
         return supervise(_worker, (args,), workers=server.workers, host=server.host,
                          port=server.port, grace_s=server.shutdown_grace_s)
-    run_loop(_serve(container, keys))
+    run_loop(_serve(container))
     return 0
 
 
 def _worker(args: argparse.Namespace, port: int, ready: Callable[[str], None]) -> None:
     """One process of ``--workers``: its own container and app, on the parent's port."""
     args.port = port
-    container = _container(args)
-    keys = ApiKeys.from_env(container.settings().server.api_key_env_varnames)
-    run_loop(_serve(container, keys, reuse_port=True, on_ready=ready))
+    run_loop(_serve(_container(args), reuse_port=True, on_ready=ready))
 
 
 def _container(args: argparse.Namespace) -> Container:
@@ -76,13 +74,14 @@ def _check_pipelines(container: Container) -> PipelineCatalog:
     return pipelines
 
 
-async def _serve(container: Container, keys: ApiKeys, *, reuse_port: bool = False,
+async def _serve(container: Container, *, reuse_port: bool = False,
                  on_ready: Callable[[str], None] | None = None) -> None:
     from inferline.containers import started
     from inferline.server import create_app
     from inferline.server.runner import serve
 
     settings, pipelines = container.settings(), _check_pipelines(container)
+    keys = ApiKeys.from_env(settings.server.api_key_env_varnames)
     app = create_app(container.chains(), container.engines(), pipelines, settings.server,
                      log_settings=settings.log, keys=keys, spend_store=container.state())
 

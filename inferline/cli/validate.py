@@ -25,7 +25,6 @@ def run(args: argparse.Namespace) -> int:
     steps = ", ".join(step.kind for step in pipeline.spec.steps)
     print(f"ok: pipeline {pipeline.name!r}: {steps} -> {pipeline.spec.output!r}")
     for chain in pipeline.chains:
-        states = [f"{name} ({reason})" if reason else f"{name} (ready)"
-                  for name, reason in chain.plan().items()]
+        states = [f"{name} ({reason or 'ready'})" for name, reason in chain.plan().items()]
         print(f"  chain {chain.name}: {' -> '.join(states)}", file=sys.stderr)
     return 0

@@ -49,6 +49,8 @@ class Price(BaseModel):
 
     def cost(self, *, prompt_tokens: int, completion_tokens: int, seconds: float) -> Cost:
         """The cost of one answer: its tokens, and its share of the wall time."""
+        if not (self.input_per_million or self.output_per_million or self.per_second):
+            return FREE  # unpriced: no object per answer
         return Cost(prompt_tokens * self.input_per_million / MILLION,
                     completion_tokens * self.output_per_million / MILLION,
                     seconds * self.per_second, seconds)

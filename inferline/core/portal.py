@@ -24,31 +24,19 @@ class Portal:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                ready = threading.Event()
-                self._thread = threading.Thread(target=self._serve, args=(ready,),
-                                                name="inferline-portal", daemon=True)
-                self._thread.start()
-                ready.wait()
-            assert self._loop is not None
-            return self._loop
-
-    def _serve(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        ready.set()
-        self._loop.run_forever()
-
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the portal loop and wait for its result (re-raising its error)."""
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("sync inferline call made from inside an async inferline call; "
                                "await the async method (ainfer/astream) instead")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        with self._lock:  # the loop starts on first use; coroutines sent before it runs wait
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever,
+                                                name="inferline-portal", daemon=True)
+                self._thread.start()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
 
 portal = Portal()

@@ -132,6 +132,17 @@ async def test_stream_retries_failures_before_first_chunk(fault_server: FaultSer
     assert chunks[-1].finish_reason == "stop" and chunks[-1].usage.completion_tokens == 4
 
 
+async def test_a_stream_left_early_frees_its_worker_and_connection(
+        fault_server: FaultServer) -> None:
+    scenario = Scenario()
+    async with make(fault_server.url(scenario), num_workers=1) as engine:
+        stream = engine.astream(Conversation.from_prompt("a b c d"))
+        assert (await anext(stream)).text
+        await stream.aclose()  # a client that went away after the first words
+        out = await asyncio.wait_for(engine.ainfer(convs(1)), timeout=10)  # the one slot is free
+    assert answers(out) == ["echo: q0"]
+
+
 async def test_partial_results_report_failures_and_keep_the_rest(fault_server: FaultServer) -> None:
     scenario = Scenario(fatal_marker="FAIL")
     prompts = ["a", "FAIL b", "c", "FAIL d", "e"]
