@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -150,7 +151,7 @@ async def _stream(request: web.Request, gw: Gateway, engine: Generator, req: Api
     return await stream.finish(done, served)
 
 
-class StreamRecord:
+class StreamRecord(ABC):
     """One streamed answer of either API: its SSE writer, what it has said so far (its
     text), and its finish reason, usage and provenance as they arrive. Each API's subclass
     writes its events: a chunk's in ``add``, the closing ones in ``finish``."""
@@ -160,11 +161,13 @@ class StreamRecord:
         self.text: list[str] = []
         self.last = StreamChunk()
 
+    @abstractmethod
     async def add(self, chunk: StreamChunk) -> None:
-        raise NotImplementedError
+        """Send this chunk's events."""
 
+    @abstractmethod
     async def finish(self, done: Completion, served: dict[str, Any]) -> web.StreamResponse:
-        raise NotImplementedError
+        """Send the closing events (finish reason, usage, provenance) and end the stream."""
 
     def note(self, chunk: StreamChunk) -> None:
         last = self.last
